@@ -1,0 +1,72 @@
+# Sluice: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+
+.PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean
+
+help:
+	@echo "make run    - the whole stack as local processes, nginx on http://127.0.0.1:8080"
+	@echo "make test   - venv, pinned deps, system packages, ruff, mypy --strict, pytest"
+	@echo "make lock   - re-pin requirements.lock from pyproject.toml"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# Install what is missing when we may (root); otherwise say what to install.
+# Each entry is command:debian-package.
+RUN_DEPS := nginx:nginx-light
+TEST_DEPS := $(RUN_DEPS) redis-server:redis-server chromium:chromium
+define install_missing
+	@missing=""; \
+	for entry in $(1); do \
+	  bin=$${entry%%:*}; pkg=$${entry##*:}; \
+	  command -v $$bin >/dev/null || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+endef
+
+system-deps:
+	$(call install_missing,$(RUN_DEPS))
+
+system-deps-test:
+	$(call install_missing,$(TEST_DEPS))
+
+run: venv system-deps
+	@$(BIN)/python -m sluice.devstack prepare
+	@exec $(BIN)/honcho -f .run/Procfile -d . start
+
+lint: venv
+	$(BIN)/ruff check services tests benchmarks deploy
+	$(BIN)/ruff format --check services tests benchmarks deploy
+
+typecheck: venv
+	$(BIN)/mypy --strict services/
+
+pytest: venv system-deps-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+lock: 
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip freeze --exclude-editable | grep -v '^sluice' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

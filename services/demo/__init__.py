@@ -1,0 +1,1 @@
+"""demo: the seed notes' teaching endpoints on the Sluice core."""

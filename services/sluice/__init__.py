@@ -1,0 +1,1 @@
+"""Sluice core: the one streaming runtime every Sluice service is built on."""

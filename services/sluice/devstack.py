@@ -1,0 +1,141 @@
+"""The local stack: how each process is started, for ``make run`` and the test suite alike.
+
+``python -m sluice.devstack prepare`` renders the nginx configuration and a Procfile
+into ``.run/`` (git-ignored) and prints the URLs; ``make run`` then hands the Procfile
+to honcho. The tests start the same commands with other ports, so what is tested is
+what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_DIR = ROOT / "nginx"
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+_PLACEHOLDER = re.compile(r"\$\{(SLUICE_[A-Z0-9_]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    factory: str  # gunicorn app spec
+    port: int  # default local port
+
+    @property
+    def env_prefix(self) -> str:
+        return "SLUICE_" + self.name.upper().replace("-", "_")
+
+
+SERVICES: dict[str, Service] = {
+    s.name: s for s in (Service("demo", "demo.app:create_app()", 8001),)
+}
+NGINX_PORT = 8080
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Substitute ``${SLUICE_*}`` placeholders, as the nginx image's envsubst step does."""
+    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise TemplateError(f"no value for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+    return found
+
+
+def write_nginx(
+    prefix: Path, listen: str, upstreams: Mapping[str, str], access_log: str | None = None
+) -> Path:
+    """Render the local main config and the shared server config under ``prefix``."""
+    prefix = prefix.resolve()
+    for sub in ("conf.d", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    values = {
+        "SLUICE_NGINX_PREFIX": str(prefix),
+        "SLUICE_NGINX_LISTEN": listen,
+        "SLUICE_NGINX_ACCESS_LOG": access_log or str(prefix / "access.log"),
+    }
+    for name, address in upstreams.items():
+        values[SERVICES[name].env_prefix + "_ADDR"] = address
+    main = render((NGINX_DIR / "local.conf.template").read_text(), values)
+    (prefix / "nginx.conf").write_text(main)
+    server = render((NGINX_DIR / "templates" / "sluice.conf.template").read_text(), values)
+    (prefix / "conf.d" / "sluice.conf").write_text(server)
+    return prefix / "nginx.conf"
+
+
+def nginx_command(conf: Path) -> list[str]:
+    prefix = conf.parent
+    return [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+
+
+def service_command(service: Service, bind: str) -> tuple[list[str], dict[str, str]]:
+    """The gunicorn command line and the environment it adds for one service."""
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    env = {"SLUICE_SERVICE_NAME": service.name, "SLUICE_BIND": bind}
+    return [gunicorn, "-c", str(GUNICORN_CONF), service.factory], env
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SystemExit(f"{name}={raw!r} is not a TCP port")
+    return int(raw)
+
+
+def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
+    """Write ``run_dir``'s nginx config and Procfile; return what to print to the user."""
+    nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
+    ports = {s.name: _port(env, s.env_prefix + "_PORT", s.port) for s in SERVICES.values()}
+    upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    conf = write_nginx(run_dir / "nginx", f"127.0.0.1:{nginx_port}", upstreams)
+    lines = [f"nginx: {shlex.join(nginx_command(conf))}"]
+    for service in SERVICES.values():
+        command, extra = service_command(service, upstreams[service.name])
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
+        lines.append(f"{service.name}: env {assignments} {shlex.join(command)}")
+    (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
+    base = f"http://127.0.0.1:{nginx_port}"
+    services = "\n".join(
+        f"  {name:<12} http://{addr}  (metrics: http://{addr}/metrics)"
+        for name, addr in upstreams.items()
+    )
+    return (
+        f"Sluice is starting. Front door: {base}\n"
+        f"  curl -N {base}/toy-stream\n"
+        f"  curl -N {base}/dummy-counter\n"
+        f"  curl -N {base}/dummy-events\n"
+        f"Services behind nginx:\n{services}\n"
+        "Ctrl-C stops everything.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sluice.devstack")
+    parser.add_argument("command", choices=["prepare"])
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
+    args = parser.parse_args(argv)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    print(prepare(args.run_dir, os.environ), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""JSON errors: one body shape, ``{"error": {"type", "message"}}``, for every failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("sluice.errors")
+
+_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request to answer with a JSON error."""
+
+    def __init__(
+        self,
+        status: int,
+        type: str | None = None,
+        message: str = "",
+        headers: Mapping[str, str] | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type or _TYPES.get(status, "error")
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = details
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.type, self.message, self.headers, self.details)
+
+
+def error_response(
+    status: int,
+    type: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: Any = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(
+        exc.status_code,
+        _TYPES.get(exc.status_code, "error"),
+        str(exc.detail),
+        exc.headers,
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"field": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", "")}
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return error_response(422, "validation_error", f"invalid request: {summary}", None, details)
+
+
+async def _unhandled(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

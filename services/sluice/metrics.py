@@ -1,0 +1,110 @@
+"""Prometheus metrics, multiprocess-safe under gunicorn.
+
+``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported (the gunicorn
+config does it, and wipes the folder at start); then every worker writes its own files
+and ``/metrics`` on any worker reports the sum. Gauges use ``livesum`` so a dead
+worker's streams vanish from ``sluice_streams_active``. Labels are bounded: service
+names, route templates, fixed reason sets; never raw paths or key material.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+# From 5 ms to an hour: streams live from a blink to a long-running follow.
+DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
+# Time to first byte / token: milliseconds matter.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+STREAMS_ACTIVE = Gauge(
+    "sluice_streams_active",
+    "Streams open right now.",
+    ["service", "route"],
+    multiprocess_mode="livesum",
+)
+STREAMS_STARTED = Counter("sluice_streams_started_total", "Streams started.", ["service", "route"])
+STREAMS_ENDED = Counter(
+    "sluice_streams_ended_total",
+    "Streams ended, by reason (completed|client_disconnect|send_timeout|error|drain).",
+    ["service", "route", "reason"],
+)
+STREAM_DURATION = Histogram(
+    "sluice_stream_duration_seconds",
+    "Stream duration from headers to close.",
+    ["service", "route"],
+    buckets=DURATION_BUCKETS,
+)
+TIME_TO_FIRST_BYTE = Histogram(
+    "sluice_time_to_first_byte_seconds",
+    "From request arrival to the first body byte of a stream.",
+    ["service", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+STREAM_EVENTS = Counter(
+    "sluice_stream_events_total", "Events/chunks sent on streams.", ["service", "route"]
+)
+RATE_LIMITED = Counter(
+    "sluice_rate_limited_total",
+    "Requests refused by a rate limit or stream cap.",
+    ["service", "route", "limit"],
+)
+AUTH_FAILURES = Counter(
+    "sluice_auth_failures_total", "Requests refused by auth, by reason.", ["service", "reason"]
+)
+HTTP_REQUESTS = Counter(
+    "sluice_http_requests_total",
+    "HTTP requests by status.",
+    ["service", "method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "sluice_http_request_duration_seconds",
+    "HTTP request duration, streams included (to their end).",
+    ["service", "method", "route"],
+    buckets=DURATION_BUCKETS,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition body and its content type, summed over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class StreamMetrics:
+    """The stream observer the core reports to."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def stream_started(self, route: str) -> None:
+        STREAMS_STARTED.labels(self.service, route).inc()
+        STREAMS_ACTIVE.labels(self.service, route).inc()
+
+    def stream_ended(
+        self, route: str, reason: str, duration: float, events: int, ttfb: float | None
+    ) -> None:
+        STREAMS_ACTIVE.labels(self.service, route).dec()
+        STREAMS_ENDED.labels(self.service, route, reason).inc()
+        STREAM_DURATION.labels(self.service, route).observe(duration)
+        if events:
+            STREAM_EVENTS.labels(self.service, route).inc(events)
+        if ttfb is not None:
+            TIME_TO_FIRST_BYTE.labels(self.service, route).observe(ttfb)
+
+    def request_done(self, method: str, route: str, status: int, duration: float) -> None:
+        HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+        HTTP_DURATION.labels(self.service, method, route).observe(duration)

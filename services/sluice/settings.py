@@ -1,0 +1,65 @@
+"""Settings shared by every service, read from the environment (prefix ``SLUICE_``).
+
+Each service subclasses :class:`CoreSettings` with its own fields; all of them share one
+prefix so a deployment configures every process from one environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CoreSettings(BaseSettings):
+    """What the core itself reads. Service settings extend this class."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+
+    service_name: str = Field("sluice", description="Service name in logs and metrics.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    heartbeat_interval: float = Field(
+        15.0, ge=0, description="Seconds of silence before an SSE comment ping (0 disables)."
+    )
+    send_timeout: float = Field(
+        30.0, gt=0, description="Seconds one write may block on a client that stopped reading."
+    )
+    drain_window: float = Field(
+        10.0, ge=0, description="Seconds over which open streams are told to reconnect on SIGTERM."
+    )
+    reconnect_retry_ms: int = Field(
+        2000, ge=0, description="SSE `retry:` hint sent with the drain reconnect event."
+    )
+
+
+class ServerSettings(BaseSettings):
+    """What ``deploy/gunicorn.conf.py`` reads: the process model of one service."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+
+    bind: str = Field("127.0.0.1:8000", description="host:port the service listens on.")
+    workers: int = Field(1, ge=1, description="gunicorn worker processes.")
+    drain_window: float = Field(10.0, ge=0)
+    graceful_timeout: float | None = Field(
+        None, gt=0, description="gunicorn graceful timeout; default drain window + 5 s."
+    )
+    keepalive: int = Field(75, ge=1, description="Keep-alive seconds (above nginx's 60 s).")
+    trusted_proxies: str = Field(
+        "127.0.0.1", description="Comma-separated proxy addresses whose X-Forwarded-For is used."
+    )
+
+    @model_validator(mode="after")
+    def _graceful_covers_drain(self) -> ServerSettings:
+        if self.graceful_timeout is not None and self.graceful_timeout <= self.drain_window:
+            raise ValueError(
+                f"SLUICE_GRACEFUL_TIMEOUT ({self.graceful_timeout}) must exceed "
+                f"SLUICE_DRAIN_WINDOW ({self.drain_window}) or open streams are killed mid-drain"
+            )
+        return self
+
+    @property
+    def effective_graceful_timeout(self) -> float:
+        return self.graceful_timeout if self.graceful_timeout is not None else self.drain_window + 5

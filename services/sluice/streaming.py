@@ -1,0 +1,246 @@
+"""The streaming response every Sluice stream goes through.
+
+One task pumps the producer's events to the client; beside it a listener waits for the
+client's ``http.disconnect`` and, on SSE, a heartbeat task writes a comment after
+``heartbeat_interval`` seconds of silence. Whichever ends first decides the end reason:
+
+* the producer finished            -> ``completed``
+* the client went away             -> ``client_disconnect`` (the producer is cancelled at once)
+* one write blocked too long       -> ``send_timeout`` (a client that stopped reading)
+* the producer raised              -> ``error`` (SSE/NDJSON get a last ``error`` event)
+* the worker is draining           -> ``drain`` (a ``reconnect`` event, then a clean close)
+
+The producer generator is always closed (its ``finally`` runs) before the response
+returns, and ``on_end`` callbacks run exactly once with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from sluice.errors import ApiError
+from sluice.events import Event
+from sluice.formats import HEARTBEAT, StreamFormat, encode
+from sluice.request_context import request_info, route_template
+
+if TYPE_CHECKING:
+    from sluice.runtime import Runtime
+
+log = logging.getLogger("sluice.stream")
+
+
+class EndReason(enum.StrEnum):
+    COMPLETED = "completed"
+    CLIENT_DISCONNECT = "client_disconnect"
+    SEND_TIMEOUT = "send_timeout"
+    ERROR = "error"
+    DRAIN = "drain"
+
+
+class SendTimeout(Exception):
+    """A single write to the client did not complete within the send timeout."""
+
+
+EndCallback = Callable[[EndReason], None]
+
+_STREAM_HEADERS = {
+    "cache-control": "no-cache, no-transform",
+    "x-accel-buffering": "no",  # nginx: never buffer this response, whatever the config
+    "x-content-type-options": "nosniff",
+}
+
+
+class StreamResponse(Response):
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        fmt: StreamFormat,
+        runtime: Runtime,
+        *,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        on_end: list[EndCallback] | None = None,
+    ) -> None:
+        # Not Response.__init__: it would render an empty body and set Content-Length: 0.
+        self.status_code = status_code
+        self.media_type = fmt.media_type
+        self.background = None
+        self.init_headers({**_STREAM_HEADERS, **(headers or {})})
+        self.events = events
+        self.fmt = fmt
+        self.runtime = runtime
+        self.on_end = list(on_end or ())
+        self.reason: EndReason | None = None
+        self.events_sent = 0
+        self._last_send = 0.0
+        self._first_byte: float | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self.runtime.settings
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        route = route_template(scope)
+        drain_turn = self.runtime.drain.register()
+        observer = self.runtime.observer
+        observer.stream_started(route)
+        reason = EndReason.ERROR
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            self._last_send = loop.time()
+            pump = loop.create_task(self._pump(send))
+            listener = loop.create_task(_wait_disconnect(receive))
+            tasks = [pump, listener]
+            heartbeat = None
+            if self.fmt is StreamFormat.SSE and settings.heartbeat_interval > 0:
+                heartbeat = loop.create_task(self._heartbeat(send, settings.heartbeat_interval))
+                tasks.append(heartbeat)
+            done, _ = await asyncio.wait([*tasks, drain_turn], return_when=asyncio.FIRST_COMPLETED)
+            if pump in done:
+                reason = _reason_of(pump)
+            elif listener in done:
+                reason = EndReason.CLIENT_DISCONNECT
+            elif heartbeat is not None and heartbeat in done:
+                reason = _reason_of(heartbeat)
+            else:
+                reason = EndReason.DRAIN
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Wait for the pump: cancelling it throws into the producer, whose finally runs now.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await _close(self.events)
+            self.runtime.drain.unregister(drain_turn)
+        try:
+            if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN):
+                await self._finish(send, reason)
+        finally:
+            self._record(scope, route, reason, time.perf_counter() - started)
+
+    async def _pump(self, send: Send) -> None:
+        fmt = self.fmt
+        async for event in self.events:
+            await self._send_body(send, encode(event, fmt))
+            self.events_sent += 1
+
+    async def _heartbeat(self, send: Send, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._last_send + interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await self._send_body(send, HEARTBEAT)
+
+    async def _send_body(self, send: Send, body: bytes, more_body: bool = True) -> None:
+        try:
+            async with asyncio.timeout(self.runtime.settings.send_timeout):
+                await send({"type": "http.response.body", "body": body, "more_body": more_body})
+        except TimeoutError:
+            raise SendTimeout from None
+        now = asyncio.get_running_loop().time()
+        if self._first_byte is None and body:
+            self._first_byte = time.perf_counter()
+        self._last_send = now
+
+    async def _finish(self, send: Send, reason: EndReason) -> None:
+        last: Event | None = None
+        if reason is EndReason.DRAIN and self.fmt is not StreamFormat.TEXT:
+            retry = self.runtime.settings.reconnect_retry_ms
+            last = Event(
+                data={"reason": "drain", "retry_ms": retry}, event="reconnect", retry=retry
+            )
+        elif reason is EndReason.ERROR and self.fmt is not StreamFormat.TEXT:
+            last = Event(
+                data={"type": "internal_error", "message": "the stream failed"}, event="error"
+            )
+        try:
+            if last is not None:
+                await self._send_body(send, encode(last, self.fmt))
+            await self._send_body(send, b"", more_body=False)
+        except SendTimeout:
+            pass
+
+    def _record(self, scope: Scope, route: str, reason: EndReason, duration: float) -> None:
+        self.reason = reason
+        info = request_info(scope)
+        fields: dict[str, Any] = {
+            "stream_format": self.fmt.value,
+            "stream_end": reason.value,
+            "stream_events": self.events_sent,
+        }
+        if info is not None:
+            info.stream.update(fields)
+            ttfb = None if self._first_byte is None else self._first_byte - info.started
+        else:
+            ttfb = None
+        self.runtime.observer.stream_ended(route, reason.value, duration, self.events_sent, ttfb)
+        log.debug("stream ended", extra={"route": route, **fields})
+        for callback in self.on_end:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("stream end callback failed")
+
+
+def _reason_of(task: asyncio.Task[None]) -> EndReason:
+    if task.cancelled():
+        return EndReason.ERROR
+    exc = task.exception()
+    if exc is None:
+        return EndReason.COMPLETED
+    if isinstance(exc, SendTimeout):
+        return EndReason.SEND_TIMEOUT
+    log.error("stream producer failed", exc_info=exc)
+    return EndReason.ERROR
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing the stream producer failed")
+
+
+def stream(
+    request: Request,
+    events: AsyncIterator[Event],
+    fmt: StreamFormat,
+    *,
+    headers: Mapping[str, str] | None = None,
+    on_end: list[EndCallback] | None = None,
+) -> StreamResponse:
+    """The response for a stream: refuses with 503 while the worker drains."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.drain.draining:
+        raise ApiError(
+            503,
+            "draining",
+            "this server is restarting; reconnect shortly",
+            headers={"Retry-After": str(max(1, round(runtime.settings.reconnect_retry_ms / 1000)))},
+        )
+    return StreamResponse(events, fmt, runtime, headers=headers, on_end=on_end)

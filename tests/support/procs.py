@@ -1,0 +1,143 @@
+"""Real processes for the tests: started on free ports, stopped by pid, logs kept in files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sluice import devstack
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def start(
+    name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
+) -> Proc:
+    log_path = log_dir / f"{name}.log"
+    handle = log_path.open("ab")
+    popen = subprocess.Popen(
+        list(argv),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=devstack.ROOT,
+    )
+    handle.close()
+    return Proc(name, popen, log_path)
+
+
+def wait_http(url: str, proc: Proc | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not up after {timeout}s: {last}")
+
+
+def start_service(
+    name: str, log_dir: Path, env: Mapping[str, str] | None = None, workers: int = 2
+) -> Proc:
+    """One service under real gunicorn with uvicorn workers, as make run starts it."""
+    service = devstack.SERVICES[name]
+    port = free_port()
+    argv, service_env = devstack.service_command(service, f"127.0.0.1:{port}")
+    metrics_dir = log_dir / f"metrics-{name}-{port}"
+    metrics_dir.mkdir()
+    full_env = {
+        **service_env,
+        "SLUICE_WORKERS": str(workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **(env or {}),
+    }
+    proc = start(f"{name}-{port}", argv, log_dir, full_env)
+    proc.port = port
+    wait_http(f"{proc.url}/healthz", proc)
+    return proc
+
+
+def start_nginx(upstreams: Mapping[str, str], log_dir: Path) -> Proc:
+    port = free_port()
+    prefix = log_dir / f"nginx-{port}"
+    conf = devstack.write_nginx(prefix, f"127.0.0.1:{port}", upstreams)
+    proc = start(f"nginx-{port}", devstack.nginx_command(conf), log_dir)
+    proc.port = port
+    proc.extra["access_log"] = str(prefix / "access.log")
+    wait_http(f"{proc.url}/healthz", proc)
+    return proc
+
+
+@contextlib.contextmanager
+def running(*procs: Proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def worker_pids(master: Proc) -> list[int]:
+    """The gunicorn worker pids of a master, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == master.pid:
+                pids.append(int(entry.name))
+    return sorted(pids)
