@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean
+.PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean fmt
 
 help:
 	@echo "make run    - the whole stack as local processes, nginx on http://127.0.0.1:8080"
@@ -62,6 +62,10 @@ pytest: venv system-deps-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+fmt: venv
+	$(BIN)/ruff check --fix services tests benchmarks deploy
+	$(BIN)/ruff format services tests benchmarks deploy
 
 lock: 
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

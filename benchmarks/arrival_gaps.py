@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
 from tests.support.procs import running, start_nginx, start_service
 
 DELAY = 0.1
@@ -29,7 +29,7 @@ async def one_stream(client: httpx.AsyncClient, url: str) -> tuple[float, list[f
     async with client.stream("GET", url) as response:
         async for _ in response.aiter_raw():
             times.append(time.perf_counter() - started)
-    return times[0], [b - a for a, b in zip(times, times[1:], strict=False)]
+    return times[0], [b - a for a, b in itertools.pairwise(times)]
 
 
 async def measure(url: str, streams: int) -> tuple[list[float], list[float]]:
@@ -55,7 +55,8 @@ def main() -> None:
         nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, Path(tmp))
         with running(nginx, demo):
             print(f"/dummy-counter, {args.streams} concurrent streams, configured gap {DELAY} s")
-            print(f"{'path':<8} {'TTFB p50':>9} {'gap p50':>9} {'gap p1':>9} {'gap p99':>9} {'max':>9}")
+            heads = ("TTFB p50", "gap p50", "gap p1", "gap p99", "max")
+            print(f"{'path':<8} " + " ".join(f"{h:>9}" for h in heads))
             for name, base in (("direct", demo.url), ("nginx", nginx.url)):
                 firsts, gaps = asyncio.run(measure(f"{base}/dummy-counter", args.streams))
                 print(

@@ -49,7 +49,9 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def test_seed_event_source_snippet_receives_dummy_events(browser: Browser, front_door: Proc) -> None:
+def test_seed_event_source_snippet_receives_dummy_events(
+    browser: Browser, front_door: Proc
+) -> None:
     page = browser.new_page()
     page.goto(f"{front_door.url}/healthz")
     seen: dict[str, Any] = page.evaluate(SEED_SNIPPET, f"{front_door.url}/dummy-events")
