@@ -12,10 +12,10 @@ from fastapi import APIRouter, Request
 from demo.settings import DemoSettings
 from sluice.events import Event
 from sluice.formats import StreamFormat
+from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
 
-router = APIRouter()
-
+SEED_ROUTES = ("/toy-stream", "/dummy-counter", "/dummy-events")
 TOY_MESSAGES = (
     "Starting stream...\n",
     "Chunk 1: Hello!\n",
@@ -24,12 +24,6 @@ TOY_MESSAGES = (
     "End of stream.\n",
 )
 EVENT_TYPES = ("update", "alert", "info")
-
-
-def _settings(request: Request) -> DemoSettings:
-    settings = request.app.state.settings
-    assert isinstance(settings, DemoSettings)
-    return settings
 
 
 async def toy_messages(delay: float) -> AsyncIterator[Event]:
@@ -52,16 +46,26 @@ async def random_events(interval: float) -> AsyncIterator[Event]:
         await asyncio.sleep(interval)
 
 
-@router.get("/toy-stream", response_class=StreamResponse, summary="Five text lines, 1 s apart")
-async def toy_stream(request: Request) -> StreamResponse:
-    return stream(request, toy_messages(_settings(request).demo_toy_delay), StreamFormat.TEXT)
+def build_router(runtime: Runtime) -> APIRouter:
+    settings = runtime.settings
+    assert isinstance(settings, DemoSettings)
+    limit = runtime.rates.limit
+    router = APIRouter(tags=["demo"])
 
+    @router.get("/toy-stream", response_class=StreamResponse, summary="Five lines, 1 s apart")
+    @limit()
+    async def toy_stream(request: Request) -> StreamResponse:
+        return await stream(request, toy_messages(settings.demo_toy_delay), StreamFormat.TEXT)
 
-@router.get("/dummy-counter", response_class=StreamResponse, summary="Count: 1..10, 0.5 s apart")
-async def dummy_counter(request: Request) -> StreamResponse:
-    return stream(request, counter(_settings(request).demo_counter_delay), StreamFormat.TEXT)
+    @router.get("/dummy-counter", response_class=StreamResponse, summary="Count: 1..10")
+    @limit()
+    async def dummy_counter(request: Request) -> StreamResponse:
+        return await stream(request, counter(settings.demo_counter_delay), StreamFormat.TEXT)
 
+    @router.get("/dummy-events", response_class=StreamResponse, summary="Endless random SSE")
+    @limit()
+    async def dummy_events(request: Request) -> StreamResponse:
+        events = random_events(settings.demo_events_interval)
+        return await stream(request, events, StreamFormat.SSE)
 
-@router.get("/dummy-events", response_class=StreamResponse, summary="Endless random SSE events")
-async def dummy_events(request: Request) -> StreamResponse:
-    return stream(request, random_events(_settings(request).demo_events_interval), StreamFormat.SSE)
+    return router

@@ -6,18 +6,20 @@ logs, ``/healthz`` and ``/readyz``, ``/metrics``, and the SIGTERM drain.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-from starlette.requests import Request
+from fastapi import APIRouter, Depends, FastAPI
+from slowapi.errors import RateLimitExceeded
 from starlette.responses import JSONResponse, Response
 
-from sluice.drain import Drain, SignalDrain
+from sluice.auth import stream_token_router
+from sluice.drain import SignalDrain
 from sluice.errors import error_response, install_error_handlers
 from sluice.logs import configure_logging
-from sluice.metrics import StreamMetrics, render
+from sluice.metrics import render
 from sluice.request_context import RequestContextMiddleware
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
@@ -30,47 +32,71 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 Resource = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 """Something a service opens at startup and closes at shutdown (clients, pools)."""
 
+RouterFactory = Callable[[Runtime], APIRouter]
+"""Builds a service's routes with the runtime (its limiter decorators need it)."""
+
 
 def create_app(
     settings: CoreSettings,
     *,
     title: str,
-    routers: Sequence[APIRouter] = (),
+    routers: Sequence[RouterFactory] = (),
+    public_routes: Sequence[str] = (),
     readiness: Sequence[ReadinessCheck] = (),
     resources: Sequence[Resource] = (),
 ) -> FastAPI:
+    """``public_routes`` are the service's default routes open without a key
+    (``SLUICE_PUBLIC_ROUTES`` overrides them)."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    metrics = StreamMetrics(settings.service_name)
+    runtime = Runtime.create(settings, public_routes)
+    checks = list(readiness)
+    if runtime.redis is not None:
+        checks.append(_redis_ready(runtime))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings=settings, drain=Drain(settings.drain_window), observer=metrics)
-        app.state.runtime = runtime
         signal_drain = SignalDrain(runtime.drain)
         signal_drain.install()
         async with AsyncExitStack() as stack:
+            if runtime.redis is not None:
+                stack.push_async_callback(runtime.redis.aclose)
             for resource in resources:
                 await stack.enter_async_context(resource(app))
-            log.info("service started", extra={"event": "startup"})
+            log.info(
+                "service started",
+                extra={
+                    "event": "startup",
+                    "api_keys": len(runtime.auth.keys),
+                    "limits_storage": "redis" if runtime.redis is not None else "memory",
+                },
+            )
             try:
                 yield
             finally:
                 signal_drain.uninstall()
 
-    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        dependencies=[Depends(runtime.auth)],
+    )
     app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.limiter = runtime.rates.limiter
     install_error_handlers(app)
+    app.add_exception_handler(RateLimitExceeded, runtime.rates.exceeded)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": settings.service_name}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
+    async def readyz() -> Response:
         if runtime.drain.draining:
             return error_response(503, "draining", "draining for shutdown", {"Retry-After": "1"})
-        for check in readiness:
+        for check in checks:
             problem = await check()
             if problem is not None:
                 return error_response(503, "not_ready", problem, {"Retry-After": "1"})
@@ -81,7 +107,21 @@ def create_app(
         body, content_type = render()
         return Response(body, media_type=content_type)
 
-    for router in routers:
-        app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, on_done=metrics.request_done)
+    app.include_router(stream_token_router(runtime.auth))
+    for build in routers:
+        app.include_router(build(runtime))
+    app.add_middleware(RequestContextMiddleware, on_done=runtime.observer.request_done)
     return app
+
+
+def _redis_ready(runtime: Runtime) -> ReadinessCheck:
+    async def check() -> str | None:
+        assert runtime.redis is not None
+        try:
+            async with asyncio.timeout(1):
+                await runtime.redis.ping()
+        except Exception as exc:
+            return f"redis unreachable: {type(exc).__name__}"
+        return None
+
+    return check

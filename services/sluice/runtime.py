@@ -1,10 +1,15 @@
-"""What one worker of a service shares across its requests."""
+"""What one worker of a service shares across its requests, built once by ``create_app``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
+from sluice.auth import Authenticator
 from sluice.drain import Drain
+from sluice.limits import RateLimits, StreamCaps
 from sluice.metrics import StreamMetrics
 from sluice.settings import CoreSettings
 
@@ -14,3 +19,20 @@ class Runtime:
     settings: CoreSettings
     drain: Drain
     observer: StreamMetrics
+    auth: Authenticator
+    rates: RateLimits
+    caps: StreamCaps
+    redis: Redis | None
+
+    @classmethod
+    def create(cls, settings: CoreSettings, public_routes: Iterable[str] = ()) -> Runtime:
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        return cls(
+            settings=settings,
+            drain=Drain(settings.drain_window),
+            observer=StreamMetrics(settings.service_name),
+            auth=Authenticator(settings, public_routes),
+            rates=RateLimits(settings),
+            caps=StreamCaps(settings, redis),
+            redis=redis,
+        )

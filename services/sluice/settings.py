@@ -6,9 +6,10 @@ prefix so a deployment configures every process from one environment.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +33,27 @@ class CoreSettings(BaseSettings):
     )
     reconnect_retry_ms: int = Field(
         2000, ge=0, description="SSE `retry:` hint sent with the drain reconnect event."
+    )
+
+    # Auth
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys.")
+    api_keys_file: Path | None = Field(None, description="File with one API key a line.")
+    token_secret: SecretStr | None = Field(
+        None, description="HMAC secret of stream tokens; default derived from the API keys."
+    )
+    stream_token_ttl: int = Field(60, gt=0, le=3600, description="Seconds to start a stream.")
+    public_routes: str | None = Field(
+        None, description="Comma-separated route paths open without a key; unset: service default."
+    )
+    cookie_secure: Literal["auto", "true", "false"] = "auto"
+
+    # Limits
+    redis_url: str | None = Field(None, description="redis:// URL; limits shared across workers.")
+    rate_limit: str = Field("120/minute", description="Requests per key (or client) per route.")
+    max_streams_per_key: int = Field(20, ge=1, description="Concurrent streams of one caller.")
+    max_streams_per_worker: int = Field(1000, ge=1, description="Concurrent streams a worker.")
+    max_streams_global: int = Field(
+        0, ge=0, description="Concurrent streams of the whole service (needs Redis; 0: off)."
     )
 
 

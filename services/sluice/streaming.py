@@ -226,7 +226,7 @@ async def _close(events: AsyncIterator[Event]) -> None:
             log.exception("closing the stream producer failed")
 
 
-def stream(
+async def stream(
     request: Request,
     events: AsyncIterator[Event],
     fmt: StreamFormat,
@@ -234,7 +234,12 @@ def stream(
     headers: Mapping[str, str] | None = None,
     on_end: list[EndCallback] | None = None,
 ) -> StreamResponse:
-    """The response for a stream: refuses with 503 while the worker drains."""
+    """The response for a stream, once the worker may start one.
+
+    Refuses with 503 while draining, takes a stream-cap slot (429/503 when over; released
+    exactly once when the stream ends, however it ends), and renews a browser's
+    stream-token cookie so its automatic reconnect is let in.
+    """
     runtime: Runtime = request.app.state.runtime
     if runtime.drain.draining:
         raise ApiError(
@@ -243,4 +248,7 @@ def stream(
             "this server is restarting; reconnect shortly",
             headers={"Retry-After": str(max(1, round(runtime.settings.reconnect_retry_ms / 1000)))},
         )
-    return StreamResponse(events, fmt, runtime, headers=headers, on_end=on_end)
+    slot = await runtime.caps.acquire(request)
+    all_headers = {**runtime.auth.renewal(request), **(headers or {})}
+    callbacks: list[EndCallback] = [lambda _: slot.release(), *(on_end or ())]
+    return StreamResponse(events, fmt, runtime, headers=all_headers, on_end=callbacks)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from sluice.app import create_app
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
+from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 from sluice.streaming import EndReason, StreamResponse, stream
 from tests.support import asgi
@@ -36,33 +37,38 @@ class Probe:
         self.ended.set()
 
 
-def make_app(probe: Probe, **settings: object) -> FastAPI:
-    router = APIRouter()
+async def ticks(
+    probe: Probe, count: int, delay: float, size: int, fail_at: int
+) -> AsyncIterator[Event]:
+    try:
+        for i in range(count):
+            if i == fail_at:
+                raise RuntimeError("producer failed")
+            yield Event(data="x" * size if size else {"i": i}, event="tick", id=str(i))
+            await asyncio.sleep(delay)
+    finally:
+        probe.closed_at = time.perf_counter()
 
-    async def ticks(count: int, delay: float, size: int, fail_at: int) -> AsyncIterator[Event]:
-        try:
-            for i in range(count):
-                if i == fail_at:
-                    raise RuntimeError("producer failed")
-                yield Event(data="x" * size if size else {"i": i}, event="tick", id=str(i))
-                await asyncio.sleep(delay)
-        finally:
-            probe.closed_at = time.perf_counter()
 
-    @router.get("/ticks")
-    async def ticks_route(
-        request: Request,
-        count: int = 3,
-        delay: float = 0.0,
-        size: int = 0,
-        fail_at: int = -1,
-    ) -> StreamResponse:
-        fmt = choose_format(request, StreamFormat.SSE)
-        events = ticks(count, delay, size, fail_at)
-        return stream(request, events, fmt, on_end=[probe.on_end])
+def make_app(probe: Probe, public: bool = True, **settings: object) -> FastAPI:
+    def build(runtime: Runtime) -> APIRouter:
+        router = APIRouter()
 
-    config = CoreSettings(service_name="test", **settings)  # type: ignore[arg-type]
-    return create_app(config, title="test", routers=[router])
+        @router.get("/ticks")
+        @runtime.rates.limit()
+        async def ticks_route(
+            request: Request, count: int = 3, delay: float = 0.0, size: int = 0, fail_at: int = -1
+        ) -> StreamResponse:
+            fmt = choose_format(request, StreamFormat.SSE)
+            events = ticks(probe, count, delay, size, fail_at)
+            return await stream(request, events, fmt, on_end=[probe.on_end])
+
+        return router
+
+    config = CoreSettings(**{"service_name": "test", **settings})  # type: ignore[arg-type]
+    return create_app(
+        config, title="test", routers=[build], public_routes=["/ticks"] if public else []
+    )
 
 
 async def test_completed_stream_frames_every_event_and_ends_once() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,3 +142,25 @@ def worker_pids(master: Proc) -> list[int]:
             if ppid == master.pid:
                 pids.append(int(entry.name))
     return sorted(pids)
+
+
+def start_redis(log_dir: Path) -> Proc:
+    port = free_port()
+    redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+    argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = start(f"redis-{port}", argv, log_dir)
+    proc.port = port
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            raise RuntimeError(f"redis did not start:\n{proc.log()}")
+        time.sleep(0.05)
+    proc.extra["url"] = f"redis://127.0.0.1:{port}/0"
+    return proc

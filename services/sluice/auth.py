@@ -1,0 +1,295 @@
+"""Who may connect: API keys for clients, short-lived stream tokens for browsers.
+
+* Keys arrive as ``Authorization: Bearer <key>``. They are kept only as SHA-256 digests and
+  compared in constant time; a key's id (the first 8 hex of its digest) is what logs,
+  limits and metrics see. No key ever appears in a log line or a label.
+* ``EventSource`` cannot send headers, so ``POST /auth/stream-token`` (Bearer) issues a
+  signed token scoped to one path prefix, set as an HttpOnly, SameSite=Strict cookie with
+  that ``Path`` (and returned in the body for other clients). It is valid for
+  ``stream_token_ttl`` seconds to *start* a stream; a stream started with it renews the
+  cookie, so the browser's automatic reconnect works while the key is still configured.
+* Keys in a URL query are refused: URLs end up in access logs, proxies and history.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from sluice.errors import ApiError
+from sluice.metrics import AUTH_FAILURES
+from sluice.request_context import request_info, route_template
+from sluice.settings import CoreSettings
+
+COOKIE_NAME = "sluice_stream_token"
+TOKEN_PREFIX = "st1."  # noqa: S105 - a format marker, not a secret
+# Query parameters that carry credentials in other APIs: refused here, never read.
+CREDENTIAL_PARAMS = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "authorization"}
+)
+ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    via: str  # "key" or "stream_token"
+    token_path: str | None = None
+
+
+def key_id_of(digest: bytes) -> str:
+    return digest.hex()[:8]
+
+
+class KeyStore:
+    """The configured keys, as digests only."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests: dict[bytes, str] = {}
+        for key in keys:
+            key = key.strip()
+            if key:
+                digest = hashlib.sha256(key.encode()).digest()
+                self._digests[digest] = key_id_of(digest)
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings) -> KeyStore:
+        keys: list[str] = []
+        if settings.api_keys is not None:
+            keys += settings.api_keys.get_secret_value().split(",")
+        if settings.api_keys_file is not None:
+            keys += _read_keys_file(settings.api_keys_file)
+        return cls(keys)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def lookup(self, presented: str) -> str | None:
+        """The key id of ``presented``, or None. Constant-time over the stored digests."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for stored, key_id in self._digests.items():
+            if hmac.compare_digest(stored, digest):
+                found = key_id
+        return found
+
+    def has_id(self, key_id: str) -> bool:
+        return key_id in self._digests.values()
+
+    def derived_secret(self) -> bytes:
+        """A token secret every worker and replica with the same keys agrees on."""
+        material = b"".join(sorted(self._digests))
+        return hmac.new(b"sluice-stream-token-v1", material, hashlib.sha256).digest()
+
+
+def _read_keys_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"SLUICE_API_KEYS_FILE {path} cannot be read: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+class TokenSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def issue(self, key_id: str, path: str, ttl: int, now: float | None = None) -> str:
+        expires = int((now if now is not None else time.time()) + ttl)
+        payload = _b64(json.dumps({"k": key_id, "p": path, "e": expires}).encode())
+        return f"{TOKEN_PREFIX}{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str, now: float | None = None) -> tuple[str, str]:
+        """``(key_id, path)`` of a valid token; ApiError 401 otherwise."""
+        if not token.startswith(TOKEN_PREFIX) or token.count(".") != 2:
+            raise _unauthorized("malformed", "the stream token is malformed")
+        payload, _, signature = token[len(TOKEN_PREFIX) :].partition(".")
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise _unauthorized("invalid", "the stream token is not valid")
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            key_id, path, expires = str(claims["k"]), str(claims["p"]), int(claims["e"])
+        except (ValueError, KeyError, TypeError):
+            raise _unauthorized("malformed", "the stream token is malformed") from None
+        if expires < (now if now is not None else time.time()):
+            raise _unauthorized("expired", "the stream token has expired; request a new one")
+        return key_id, path
+
+    def _sign(self, payload: str) -> str:
+        mac = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return _b64(mac)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unauthorized(reason: str, message: str) -> ApiError:
+    error = "invalid_request" if reason in ("missing_scheme", "key_in_url") else "invalid_token"
+    challenge = 'Bearer realm="sluice"'
+    if reason != "missing":
+        challenge += f', error="{error}"'
+    exc = ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
+def _forbidden(reason: str, message: str) -> ApiError:
+    challenge = 'Bearer realm="sluice", error="insufficient_scope"'
+    exc = ApiError(403, "forbidden", message, headers={"WWW-Authenticate": challenge})
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
+def path_in_scope(path: str, scope: str) -> bool:
+    if scope == "/":
+        return True
+    return path == scope or path.startswith(scope.rstrip("/") + "/")
+
+
+class Authenticator:
+    """Resolves the caller of a request; installed as a global dependency by ``create_app``."""
+
+    def __init__(self, settings: CoreSettings, default_public: Iterable[str]) -> None:
+        self.settings = settings
+        self.keys = KeyStore.from_settings(settings)
+        secret = (
+            settings.token_secret.get_secret_value().encode()
+            if settings.token_secret is not None
+            else self.keys.derived_secret()
+        )
+        self.signer = TokenSigner(secret)
+        if settings.public_routes is not None:
+            public = {p.strip() for p in settings.public_routes.split(",") if p.strip()}
+        else:
+            public = set(default_public)
+        self.public = frozenset(public) | ALWAYS_PUBLIC
+
+    async def __call__(self, request: Request) -> None:
+        """FastAPI dependency: sets ``request.state.principal`` or raises 401/403."""
+        route = route_template(request.scope)
+        try:
+            principal = self.authenticate(request)
+        except ApiError as exc:
+            # Bad credentials are refused even on a public route: never silently ignored.
+            AUTH_FAILURES.labels(self.settings.service_name, getattr(exc, "reason", "")).inc()
+            raise
+        if principal is None and route not in self.public:
+            AUTH_FAILURES.labels(self.settings.service_name, "missing").inc()
+            raise _unauthorized("missing", self._missing_message())
+        scope = principal.token_path if principal is not None else None
+        if scope is not None and not path_in_scope(request.url.path, scope):
+            AUTH_FAILURES.labels(self.settings.service_name, "wrong_path").inc()
+            raise _forbidden("wrong_path", f"this stream token is scoped to {scope}")
+        request.state.principal = principal
+        info = request_info(request.scope)
+        if info is not None and principal is not None:
+            info.key_id = principal.key_id
+
+    def _missing_message(self) -> str:
+        if not len(self.keys):
+            return "this route needs an API key and none is configured (SLUICE_API_KEYS)"
+        return "this route needs an API key: send Authorization: Bearer <key>"
+
+    def authenticate(self, request: Request) -> Principal | None:
+        for name in request.query_params:
+            if name.lower() in CREDENTIAL_PARAMS:
+                raise _unauthorized(
+                    "key_in_url",
+                    f"credentials in the URL (?{name}=) are refused: URLs end up in logs. "
+                    "Send Authorization: Bearer <key>, or for a browser POST "
+                    "/auth/stream-token and let the cookie carry it",
+                )
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, credential = header.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                raise _unauthorized(
+                    "missing_scheme", "the Authorization header must be: Bearer <key>"
+                )
+            if credential.startswith(TOKEN_PREFIX):
+                return self._from_token(credential)
+            key_id = self.keys.lookup(credential)
+            if key_id is None:
+                raise _unauthorized("invalid", "the API key is not valid")
+            return Principal(key_id=key_id, via="key")
+        cookie = request.cookies.get(COOKIE_NAME)
+        if cookie:
+            return self._from_token(cookie)
+        return None
+
+    def _from_token(self, token: str) -> Principal:
+        key_id, path = self.signer.verify(token)
+        if not self.keys.has_id(key_id):
+            raise _unauthorized("invalid", "the key behind this stream token is no longer valid")
+        return Principal(key_id=key_id, via="stream_token", token_path=path)
+
+    def cookie_header(self, request: Request, key_id: str, path: str) -> tuple[str, str]:
+        """The token and a ``Set-Cookie`` value scoping it to ``path``."""
+        ttl = self.settings.stream_token_ttl
+        token = self.signer.issue(key_id, path, ttl)
+        secure = self.settings.cookie_secure == "true" or (
+            self.settings.cookie_secure == "auto" and request.url.scheme == "https"
+        )
+        cookie = f"{COOKIE_NAME}={token}; Path={path}; Max-Age={ttl}; HttpOnly; SameSite=Strict"
+        if secure:
+            cookie += "; Secure"
+        return token, cookie
+
+    def renewal(self, request: Request) -> dict[str, str]:
+        """Headers that renew a stream-token cookie for the reconnect of this stream."""
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None or principal.via != "stream_token" or principal.token_path is None:
+            return {}
+        if request.headers.get("authorization"):
+            return {}
+        _, cookie = self.cookie_header(request, principal.key_id, principal.token_path)
+        return {"set-cookie": cookie}
+
+
+class StreamTokenRequest(BaseModel):
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=256,
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="The path prefix the token opens, e.g. /dummy-events or /jobs/123/events.",
+    )
+
+
+class StreamTokenResponse(BaseModel):
+    token: str
+    path: str
+    expires_in: int
+
+
+def stream_token_router(auth: Authenticator) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/auth/stream-token", response_model=StreamTokenResponse, tags=["auth"])
+    async def stream_token(
+        request: Request, body: StreamTokenRequest, response: Response
+    ) -> StreamTokenResponse:
+        principal: Principal | None = request.state.principal
+        if principal is None or principal.via != "key":
+            raise _unauthorized("missing", "a stream token is issued for an API key (Bearer)")
+        if ".." in body.path.split("/"):
+            raise ApiError(422, "validation_error", "path must not contain '..'")
+        token, cookie = auth.cookie_header(request, principal.key_id, body.path)
+        response.headers["set-cookie"] = cookie
+        response.headers["cache-control"] = "no-store"
+        return StreamTokenResponse(
+            token=token, path=body.path, expires_in=auth.settings.stream_token_ttl
+        )
+
+    return router

@@ -1,0 +1,227 @@
+"""Rate limits and stream caps: refusals, headers, and slots released once on every end path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from pydantic import SecretStr
+
+from sluice.metrics import RATE_LIMITED
+from sluice.streaming import EndReason
+from tests.sluice.test_streaming import Probe, make_app
+from tests.support import asgi
+from tests.support.procs import Proc
+
+pytestmark = pytest.mark.anyio
+
+KEY_A = "sk-test-aaaaaaaaaaaaaaaaaaaaaaaa"
+KEY_B = "sk-test-bbbbbbbbbbbbbbbbbbbbbbbb"
+KEYS = SecretStr(f"{KEY_A},{KEY_B}")
+
+
+def bearer(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+def limited(limit: str) -> float:
+    return RATE_LIMITED.labels("test", "/ticks", limit)._value.get()  # type: ignore[attr-defined]
+
+
+async def test_rate_limit_is_429_json_with_headers_per_key() -> None:
+    before = limited("rate")
+    async with asgi.lifespan(
+        make_app(Probe(), public=False, api_keys=KEYS, rate_limit="3/minute")
+    ) as app:
+        ok = [await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A)) for _ in range(3)]
+        refused = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
+        other_key = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_B))
+    assert [r.status for r in ok] == [200, 200, 200]
+    assert ok[0].headers["x-ratelimit-limit"] == "3"
+    assert ok[2].headers["x-ratelimit-remaining"] == "0"
+    assert refused.status == 429
+    assert json.loads(refused.body)["error"]["type"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 61
+    assert refused.headers["x-ratelimit-limit"] == "3"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert other_key.status == 200
+    assert limited("rate") == before + 1
+
+
+async def test_anonymous_callers_are_limited_by_address() -> None:
+    async with asgi.lifespan(make_app(Probe(), rate_limit="2/minute")) as app:
+        codes = [(await asgi.request(app, "/ticks?count=1")).status for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+async def _hold(app: object, key: str | None) -> asyncio.Task[asgi.Result]:
+    headers = bearer(key) if key else []
+    target = "/ticks?count=100000&delay=0.05"
+    task = asyncio.create_task(asgi.request(app, target, headers=headers, timeout=30))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    return task
+
+
+async def test_stream_cap_per_key_is_429_and_frees_when_a_stream_ends() -> None:
+    probe = Probe()
+    async with asgi.lifespan(
+        make_app(probe, public=False, api_keys=KEYS, max_streams_per_key=2, drain_window=0)
+    ) as app:
+        held = [await _hold(app, KEY_A), await _hold(app, KEY_A)]
+        third = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
+        other = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_B))
+        app.state.runtime.drain.begin()  # end the held streams
+        await asyncio.gather(*held)
+        app.state.runtime.drain.draining = False
+        again = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
+    assert third.status == 429
+    assert json.loads(third.body)["error"]["type"] == "too_many_streams"
+    assert third.headers["retry-after"] == "5"
+    assert other.status == 200
+    assert again.status == 200
+
+
+async def test_worker_cap_is_503_server_full() -> None:
+    async with asgi.lifespan(make_app(Probe(), max_streams_per_worker=1, drain_window=0)) as app:
+        held = await _hold(app, None)
+        full = await asgi.request(app, "/ticks?count=1")
+        app.state.runtime.drain.begin()
+        await held
+    assert full.status == 503
+    assert json.loads(full.body)["error"]["type"] == "server_full"
+    assert "retry-after" in full.headers
+
+
+async def _end_path(app: object, reason: EndReason) -> None:
+    runtime = app.state.runtime  # type: ignore[attr-defined]
+    if reason is EndReason.COMPLETED:
+        await asgi.request(app, "/ticks?count=2")  # type: ignore[arg-type]
+    elif reason is EndReason.CLIENT_DISCONNECT:
+        await asgi.request(app, "/ticks?count=1000&delay=0.01", leave_after=2)  # type: ignore[arg-type]
+    elif reason is EndReason.ERROR:
+        await asgi.request(app, "/ticks?count=5&fail_at=1")  # type: ignore[arg-type]
+    elif reason is EndReason.DRAIN:
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        runtime.drain.begin()
+        await task
+        runtime.drain.draining = False
+    else:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/ticks",
+            "raw_path": b"/ticks",
+            "query_string": b"count=100",
+            "headers": [],
+            "state": {},
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+            "scheme": "http",
+        }
+        sends = 0
+
+        async def receive() -> dict[str, object]:
+            await asyncio.sleep(3600)
+            return {}
+
+        async def send(message: dict[str, object]) -> None:
+            nonlocal sends
+            sends += 1
+            if sends > 2:
+                await asyncio.sleep(3600)
+
+        await app(scope, receive, send)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("reason", list(EndReason))
+async def test_slot_released_exactly_once_on_every_end_path(reason: EndReason) -> None:
+    probe = Probe()
+    app = make_app(probe, max_streams_per_key=1, drain_window=0, send_timeout=0.2)
+    async with asgi.lifespan(app):
+        caps = app.state.runtime.caps
+        for _ in range(2):  # twice: a leaked slot would refuse the second at cap 1
+            await _end_path(app, reason)
+            assert caps.local_total == 0
+            assert dict(caps.local) == {}
+    assert probe.reasons == [reason, reason]
+
+
+async def test_redis_caps_hold_across_workers_and_expire_with_a_dead_one(
+    redis_server: Proc,
+) -> None:
+    url = redis_server.extra["url"]
+    settings = {
+        "public": False,
+        "api_keys": KEYS,
+        "redis_url": url,
+        "max_streams_per_key": 2,
+        "max_streams_global": 3,
+        "service_name": "caps-test",
+        "drain_window": 0,
+    }
+    one, two = make_app(Probe(), **settings), make_app(Probe(), **settings)  # two "workers"
+    async with asgi.lifespan(one), asgi.lifespan(two):
+        await one.state.runtime.redis.flushdb()
+        held = [await _hold(one, KEY_A), await _hold(two, KEY_A)]
+        over_key = await asgi.request(two, "/ticks?count=1", headers=bearer(KEY_A))
+        held.append(await _hold(one, KEY_B))
+        over_global = await asgi.request(two, "/ticks?count=1", headers=bearer(KEY_B))
+        for app in (one, two):
+            app.state.runtime.drain.begin()
+        await asyncio.gather(*held)
+        await asyncio.sleep(0.1)  # releases go to Redis in the background
+        for app in (one, two):
+            app.state.runtime.drain.draining = False
+        after = await asgi.request(two, "/ticks?count=1", headers=bearer(KEY_A))
+
+        # A worker that dies holding slots: its leases run out, no release needed.
+        caps = one.state.runtime.caps
+        caps.lease_seconds = 0.5
+        fake_request = type("R", (), {})()
+        fake_request.state = type("S", (), {"principal": None})()
+        fake_request.client = type("C", (), {"host": "10.9.9.9"})()
+        fake_request.scope = {}
+        dead = [await caps.acquire(fake_request) for _ in range(2)]
+        for slot in dead:
+            assert slot._refresh is not None
+            slot._refresh.cancel()  # the worker is gone: no more lease refreshes
+        refused_while_leased = await _try(caps, fake_request)
+        await asyncio.sleep(0.7)
+        accepted_after_expiry = await _try(caps, fake_request)
+    assert over_key.status == 429
+    assert over_global.status == 503
+    assert after.status == 200
+    assert refused_while_leased == 429
+    assert accepted_after_expiry == 0
+
+
+async def _try(caps: object, request: object) -> int:
+    from sluice.errors import ApiError
+
+    try:
+        slot = await caps.acquire(request)  # type: ignore[attr-defined]
+    except ApiError as exc:
+        return exc.status
+    slot.release()
+    return 0
+
+
+async def test_rate_limits_shared_through_redis(redis_server: Proc) -> None:
+    settings = {
+        "public": False,
+        "api_keys": KEYS,
+        "redis_url": redis_server.extra["url"],
+        "rate_limit": "4/minute",
+        "service_name": f"rate-{time.time_ns()}",
+    }
+    one, two = make_app(Probe(), **settings), make_app(Probe(), **settings)
+    async with asgi.lifespan(one), asgi.lifespan(two):
+        codes = []
+        for i in range(6):
+            app = one if i % 2 else two
+            codes.append((await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))).status)
+    assert codes == [200, 200, 200, 200, 429, 429]
