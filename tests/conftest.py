@@ -23,3 +23,17 @@ def redis_server(log_dir: Path) -> Iterator[Proc]:
     proc = start_redis(log_dir)
     with running(proc):
         yield proc
+
+
+# Keys the suite configures anywhere; none may appear in any log of any process.
+SECRET_MARKERS = ("sk-e2e-", "sk-test-", "sk-dev-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_log(log_dir: Path) -> Iterator[None]:
+    yield
+    leaks = []
+    for path in log_dir.rglob("*.log"):
+        text = path.read_text(errors="replace")
+        leaks += [f"{path.name}: {m}" for m in SECRET_MARKERS if m in text]
+    assert not leaks, f"API keys found in logs: {leaks}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shlex
 import shutil
 import sys
@@ -100,15 +101,29 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def dev_key(run_dir: Path, env: Mapping[str, str]) -> tuple[Path, str] | None:
+    """With no keys configured, one generated dev key kept in ``run_dir`` (git-ignored)."""
+    if env.get("SLUICE_API_KEYS") or env.get("SLUICE_API_KEYS_FILE"):
+        return None
+    path = run_dir / "dev-api-key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(f"sk-dev-{secrets.token_urlsafe(24)}\n")
+    return path, path.read_text().strip()
+
+
 def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
     """Write ``run_dir``'s nginx config and Procfile; return what to print to the user."""
     nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
+    generated = dev_key(run_dir, env)
     ports = {s.name: _port(env, s.env_prefix + "_PORT", s.port) for s in SERVICES.values()}
     upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     conf = write_nginx(run_dir / "nginx", f"127.0.0.1:{nginx_port}", upstreams)
     lines = [f"nginx: {shlex.join(nginx_command(conf))}"]
     for service in SERVICES.values():
         command, extra = service_command(service, upstreams[service.name])
+        if generated is not None:
+            extra["SLUICE_API_KEYS_FILE"] = str(generated[0])
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
         lines.append(f"{service.name}: env {assignments} {shlex.join(command)}")
     (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
@@ -117,11 +132,19 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         f"  {name:<12} http://{addr}  (metrics: http://{addr}/metrics)"
         for name, addr in upstreams.items()
     )
+    if generated is not None:
+        key_note = (
+            f"Dev API key (generated, kept in {generated[0]}):\n  {generated[1]}\n"
+            f'  curl -N -H "Authorization: Bearer {generated[1]}" {base}/dummy-events\n'
+        )
+    else:
+        key_note = "API keys: from SLUICE_API_KEYS / SLUICE_API_KEYS_FILE\n"
     return (
         f"Sluice is starting. Front door: {base}\n"
         f"  curl -N {base}/toy-stream\n"
         f"  curl -N {base}/dummy-counter\n"
         f"  curl -N {base}/dummy-events\n"
+        f"{key_note}"
         f"Services behind nginx:\n{services}\n"
         "Ctrl-C stops everything.\n"
     )

@@ -10,6 +10,7 @@ names, route templates, fixed reason sets; never raw paths or key material.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,27 +85,62 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+class _RouteMetrics:
+    """The labelled children of one route, looked up once (``labels()`` is not free)."""
+
+    __slots__ = ("active", "duration", "ended", "events", "service", "started", "ttfb")
+
+    def __init__(self, service: str, route: str) -> None:
+        self.service = service
+        self.started = STREAMS_STARTED.labels(service, route)
+        self.active = STREAMS_ACTIVE.labels(service, route)
+        self.duration = STREAM_DURATION.labels(service, route)
+        self.ttfb = TIME_TO_FIRST_BYTE.labels(service, route)
+        self.events = STREAM_EVENTS.labels(service, route)
+        self.ended: dict[str, Any] = {}
+
+
 class StreamMetrics:
     """The stream observer the core reports to."""
 
     def __init__(self, service: str) -> None:
         self.service = service
+        self._routes: dict[str, _RouteMetrics] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _route(self, route: str) -> _RouteMetrics:
+        metrics = self._routes.get(route)
+        if metrics is None:
+            metrics = self._routes[route] = _RouteMetrics(self.service, route)
+        return metrics
 
     def stream_started(self, route: str) -> None:
-        STREAMS_STARTED.labels(self.service, route).inc()
-        STREAMS_ACTIVE.labels(self.service, route).inc()
+        metrics = self._route(route)
+        metrics.started.inc()
+        metrics.active.inc()
 
     def stream_ended(
         self, route: str, reason: str, duration: float, events: int, ttfb: float | None
     ) -> None:
-        STREAMS_ACTIVE.labels(self.service, route).dec()
-        STREAMS_ENDED.labels(self.service, route, reason).inc()
-        STREAM_DURATION.labels(self.service, route).observe(duration)
+        metrics = self._route(route)
+        metrics.active.dec()
+        ended = metrics.ended.get(reason)
+        if ended is None:
+            ended = metrics.ended[reason] = STREAMS_ENDED.labels(self.service, route, reason)
+        ended.inc()
+        metrics.duration.observe(duration)
         if events:
-            STREAM_EVENTS.labels(self.service, route).inc(events)
+            metrics.events.inc(events)
         if ttfb is not None:
-            TIME_TO_FIRST_BYTE.labels(self.service, route).observe(ttfb)
+            metrics.ttfb.observe(ttfb)
 
     def request_done(self, method: str, route: str, status: int, duration: float) -> None:
-        HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
-        HTTP_DURATION.labels(self.service, method, route).observe(duration)
+        key = (method, route, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (
+                HTTP_REQUESTS.labels(self.service, method, route, str(status)),
+                HTTP_DURATION.labels(self.service, method, route),
+            )
+        children[0].inc()
+        children[1].observe(duration)

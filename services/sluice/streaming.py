@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from sluice.errors import ApiError
 from sluice.events import Event
@@ -46,8 +46,45 @@ class EndReason(enum.StrEnum):
     DRAIN = "drain"
 
 
-class SendTimeout(Exception):
-    """A single write to the client did not complete within the send timeout."""
+class _SendWatchdog:
+    """Notices a write that blocks longer than the send timeout (a client that stopped
+    reading), with one timer per stream instead of a timeout per write: a write only
+    records when it began."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.stalled: asyncio.Future[None] = loop.create_future()
+        self.last_write = loop.time()
+        self._since: float | None = None  # when the oldest write in flight began
+        self._in_flight = 0
+        self._timer = loop.call_at(self.last_write + timeout, self._check)
+
+    def begin(self) -> None:
+        if self._in_flight == 0:
+            self._since = self.loop.time()
+        self._in_flight += 1
+
+    def end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._since = None
+            self.last_write = self.loop.time()
+
+    def _check(self) -> None:
+        since = self._since
+        if since is None:
+            self._timer = self.loop.call_at(self.loop.time() + self.timeout, self._check)
+        elif self.loop.time() - since >= self.timeout:
+            if not self.stalled.done():
+                self.stalled.set_result(None)
+        else:
+            self._timer = self.loop.call_at(since + self.timeout, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if not self.stalled.done():
+            self.stalled.cancel()
 
 
 EndCallback = Callable[[EndReason], None]
@@ -81,8 +118,8 @@ class StreamResponse(Response):
         self.on_end = list(on_end or ())
         self.reason: EndReason | None = None
         self.events_sent = 0
-        self._last_send = 0.0
         self._first_byte: float | None = None
+        self._watchdog: _SendWatchdog
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.runtime.settings
@@ -90,19 +127,15 @@ class StreamResponse(Response):
         started = time.perf_counter()
         route = route_template(scope)
         drain_turn = self.runtime.drain.register()
+        watchdog = _SendWatchdog(loop, settings.send_timeout)
+        self._watchdog = watchdog
         observer = self.runtime.observer
         observer.stream_started(route)
         reason = EndReason.ERROR
         tasks: list[asyncio.Task[None]] = []
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            self._last_send = loop.time()
+            start = {"status": self.status_code, "headers": self.raw_headers}
+            await self._send(send, {"type": "http.response.start", **start})
             pump = loop.create_task(self._pump(send))
             listener = loop.create_task(_wait_disconnect(receive))
             tasks = [pump, listener]
@@ -110,8 +143,11 @@ class StreamResponse(Response):
             if self.fmt is StreamFormat.SSE and settings.heartbeat_interval > 0:
                 heartbeat = loop.create_task(self._heartbeat(send, settings.heartbeat_interval))
                 tasks.append(heartbeat)
-            done, _ = await asyncio.wait([*tasks, drain_turn], return_when=asyncio.FIRST_COMPLETED)
-            if pump in done:
+            waiting = [*tasks, drain_turn, watchdog.stalled]
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if watchdog.stalled in done:
+                reason = EndReason.SEND_TIMEOUT
+            elif pump in done:
                 reason = _reason_of(pump)
             elif listener in done:
                 reason = EndReason.CLIENT_DISCONNECT
@@ -120,6 +156,7 @@ class StreamResponse(Response):
             else:
                 reason = EndReason.DRAIN
         finally:
+            watchdog.stop()
             for task in tasks:
                 task.cancel()
             # Wait for the pump: cancelling it throws into the producer, whose finally runs now.
@@ -128,35 +165,41 @@ class StreamResponse(Response):
             self.runtime.drain.unregister(drain_turn)
         try:
             if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN):
-                await self._finish(send, reason)
+                async with asyncio.timeout(settings.send_timeout):
+                    await self._finish(send, reason)
+        except TimeoutError:
+            pass
         finally:
             self._record(scope, route, reason, time.perf_counter() - started)
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt
         async for event in self.events:
-            await self._send_body(send, encode(event, fmt))
+            await self._send(
+                send, {"type": "http.response.body", "body": encode(event, fmt), "more_body": True}
+            )
             self.events_sent += 1
 
     async def _heartbeat(self, send: Send, interval: float) -> None:
         loop = asyncio.get_running_loop()
+        ping = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
         while True:
-            wait = self._last_send + interval - loop.time()
+            wait = self._watchdog.last_write + interval - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            await self._send_body(send, HEARTBEAT)
+            await self._send(send, ping)
 
-    async def _send_body(self, send: Send, body: bytes, more_body: bool = True) -> None:
+    async def _send(self, send: Send, message: Message) -> None:
+        """One write, watched: the watchdog ends the stream if it blocks too long."""
+        watchdog = self._watchdog
+        watchdog.begin()
         try:
-            async with asyncio.timeout(self.runtime.settings.send_timeout):
-                await send({"type": "http.response.body", "body": body, "more_body": more_body})
-        except TimeoutError:
-            raise SendTimeout from None
-        now = asyncio.get_running_loop().time()
-        if self._first_byte is None and body:
+            await send(message)
+        finally:
+            watchdog.end()
+        if self._first_byte is None and message.get("body"):
             self._first_byte = time.perf_counter()
-        self._last_send = now
 
     async def _finish(self, send: Send, reason: EndReason) -> None:
         last: Event | None = None
@@ -169,12 +212,10 @@ class StreamResponse(Response):
             last = Event(
                 data={"type": "internal_error", "message": "the stream failed"}, event="error"
             )
-        try:
-            if last is not None:
-                await self._send_body(send, encode(last, self.fmt))
-            await self._send_body(send, b"", more_body=False)
-        except SendTimeout:
-            pass
+        if last is not None:
+            body = encode(last, self.fmt)
+            await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
+        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     def _record(self, scope: Scope, route: str, reason: EndReason, duration: float) -> None:
         self.reason = reason
@@ -204,8 +245,6 @@ def _reason_of(task: asyncio.Task[None]) -> EndReason:
     exc = task.exception()
     if exc is None:
         return EndReason.COMPLETED
-    if isinstance(exc, SendTimeout):
-        return EndReason.SEND_TIMEOUT
     log.error("stream producer failed", exc_info=exc)
     return EndReason.ERROR
 

@@ -106,6 +106,12 @@ def start_service(
     proc = start(f"{name}-{port}", argv, log_dir, full_env)
     proc.port = port
     wait_http(f"{proc.url}/healthz", proc)
+    # Every worker, not just the first to answer, must be up (its SIGTERM drain installed).
+    deadline = time.monotonic() + 20
+    while proc.log().count('"msg": "service started"') < workers:
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            raise RuntimeError(f"{name}: not all {workers} workers started:\n{proc.log()}")
+        time.sleep(0.05)
     return proc
 
 

@@ -1,0 +1,134 @@
+"""SIGTERM with streams open: every client is told to reconnect or ended cleanly, spread out.
+
+The real thing: gunicorn (2 uvicorn workers) behind nginx gets SIGTERM as in a deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import httpx_sse
+
+from tests.support.procs import running, start_nginx, start_service
+
+WINDOW = 2.0
+
+
+@dataclass
+class Client:
+    events: int = 0
+    reconnect: dict[str, object] | None = None
+    retry: int | None = None
+    ended_at: float | None = None
+    clean: bool = False
+    error: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+def follow_sse(url: str, client: Client, opened: threading.Barrier) -> None:
+    try:
+        with (
+            httpx.Client(timeout=WINDOW * 4) as http,
+            httpx_sse.connect_sse(http, "GET", url) as source,
+        ):
+            for sse in source.iter_sse():
+                if client.events == 0 and sse.event != "reconnect":
+                    opened.wait(10)
+                if sse.event == "reconnect":
+                    client.reconnect = json.loads(sse.data)
+                    client.retry = sse.retry
+                    client.ended_at = time.monotonic()
+                else:
+                    client.events += 1
+        client.clean = True  # the server closed the stream properly (chunked end)
+    except Exception as exc:
+        client.error = repr(exc)
+
+
+def follow_text(url: str, client: Client, opened: threading.Barrier) -> None:
+    try:
+        with httpx.stream("GET", url, timeout=WINDOW * 4) as response:
+            for line in response.iter_lines():
+                if not client.lines:
+                    opened.wait(10)
+                client.lines.append(line)
+        client.ended_at = time.monotonic()
+        client.clean = True
+    except Exception as exc:
+        client.error = repr(exc)
+
+
+def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> None:
+    env = {
+        "SLUICE_DRAIN_WINDOW": str(WINDOW),
+        "SLUICE_RECONNECT_RETRY_MS": "1500",
+        "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
+        "SLUICE_DEMO_TOY_DELAY": "5",
+    }
+    demo = start_service("demo", log_dir, env, workers=2)
+    nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)
+    with running(nginx, demo):
+        sse_clients = [Client() for _ in range(10)]
+        text_client = Client()
+        opened = threading.Barrier(len(sse_clients) + 2)
+        threads = [
+            threading.Thread(target=follow_sse, args=(f"{nginx.url}/dummy-events", c, opened))
+            for c in sse_clients
+        ]
+        threads.append(
+            threading.Thread(
+                target=follow_text, args=(f"{nginx.url}/toy-stream", text_client, opened)
+            )
+        )
+        for t in threads:
+            t.start()
+        opened.wait(10)  # every stream has delivered something
+
+        demo.popen.send_signal(signal.SIGTERM)
+        term_at = time.monotonic()
+        # Readiness flips at once; new streams are refused while the old ones drain.
+        ready = httpx.get(f"{demo.url}/readyz", timeout=2)
+        refused = httpx.get(f"{nginx.url}/dummy-events", timeout=2)
+        for t in threads:
+            t.join(WINDOW * 4)
+        exit_code = demo.popen.wait(WINDOW + 10)
+        exited_at = time.monotonic()
+
+    assert ready.status_code == 503
+    assert ready.json()["error"]["type"] == "draining"
+    assert refused.status_code == 503
+    assert refused.json()["error"]["type"] == "draining"
+    assert "retry-after" in refused.headers
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    for client in sse_clients:
+        assert client.error is None, client.error
+        assert client.reconnect == {"reason": "drain", "retry_ms": 1500}
+        assert client.retry == 1500
+        assert client.clean
+        assert client.events >= 1
+    assert text_client.error is None
+    assert text_client.clean
+    assert text_client.lines[0] == "Starting stream..."
+    assert len(text_client.lines) < 5  # cut short by the drain, but closed properly
+    ends = sorted(c.ended_at - term_at for c in sse_clients if c.ended_at is not None)
+    assert ends[-1] <= WINDOW + 1.0, ends
+    assert ends[-1] - ends[0] >= WINDOW * 0.25, f"reconnects not spread: {ends}"
+    assert exit_code == 0
+    assert exited_at - term_at < WINDOW + 8
+
+    # The log: each worker's drain started before its streams ended, and finished clean.
+    records = [json.loads(line) for line in demo.log().splitlines() if line.startswith("{")]
+    started = {r["pid"]: r["ts"] for r in records if r.get("msg") == "drain started"}
+    finished = [r for r in records if r.get("msg") == "drain finished"]
+    assert len(started) == 2
+    assert all(r["clean"] for r in finished)
+    assert len(finished) == 2
+    drained = [r for r in records if r.get("stream_end") == "drain"]
+    assert len(drained) == 11
+    assert all(r["ts"] >= started[r["pid"]] for r in drained)
