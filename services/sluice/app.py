@@ -60,7 +60,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             if runtime.redis is not None:
                 stack.push_async_callback(runtime.redis.aclose)
-            for resource in resources:
+            for resource in [*resources, *runtime.resources]:
                 await stack.enter_async_context(resource(app))
             log.info(
                 "service started",

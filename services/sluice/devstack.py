@@ -37,7 +37,12 @@ class Service:
 
 
 SERVICES: dict[str, Service] = {
-    s.name: s for s in (Service("demo", "demo.app:create_app()", 8001),)
+    s.name: s
+    for s in (
+        Service("demo", "demo.app:create_app()", 8001),
+        Service("chat-proxy", "chat_proxy.app:create_app()", 8002),
+        Service("mock-upstream", "mock_upstream.app:create_app()", 8009),
+    )
 }
 NGINX_PORT = 8080
 
@@ -122,20 +127,24 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
     lines = [f"nginx: {shlex.join(nginx_command(conf))}"]
     for service in SERVICES.values():
         command, extra = service_command(service, upstreams[service.name])
-        if generated is not None:
+        if generated is not None and service.name != "mock-upstream":
             extra["SLUICE_API_KEYS_FILE"] = str(generated[0])
+        if service.name == "chat-proxy" and "SLUICE_UPSTREAM_BASE_URL" not in env:
+            extra["SLUICE_UPSTREAM_BASE_URL"] = f"http://{upstreams['mock-upstream']}/v1"
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
         lines.append(f"{service.name}: env {assignments} {shlex.join(command)}")
     (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
     base = f"http://127.0.0.1:{nginx_port}"
     services = "\n".join(
-        f"  {name:<12} http://{addr}  (metrics: http://{addr}/metrics)"
+        f"  {name:<14} http://{addr}  (metrics: http://{addr}/metrics)"
         for name, addr in upstreams.items()
     )
     if generated is not None:
         key_note = (
             f"Dev API key (generated, kept in {generated[0]}):\n  {generated[1]}\n"
-            f'  curl -N -H "Authorization: Bearer {generated[1]}" {base}/dummy-events\n'
+            f'  curl -N {base}/v1/chat/completions -H "Authorization: Bearer {generated[1]}" \\\n'
+            f'    -H \'Content-Type: application/json\' -d \'{{"model": "mock-gpt", '
+            f'"stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}\'\n'
         )
     else:
         key_note = "API keys: from SLUICE_API_KEYS / SLUICE_API_KEYS_FILE\n"
@@ -144,6 +153,7 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         f"  curl -N {base}/toy-stream\n"
         f"  curl -N {base}/dummy-counter\n"
         f"  curl -N {base}/dummy-events\n"
+        f'  curl -N "{base}/chat-stream?prompt=Tell+a+story"\n'
         f"{key_note}"
         f"Services behind nginx:\n{services}\n"
         "Ctrl-C stops everything.\n"

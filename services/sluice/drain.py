@@ -18,10 +18,11 @@ import random
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger("sluice.drain")
 
+DrainPolicy = Literal["reconnect", "finish"]
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -31,7 +32,7 @@ class Drain:
     def __init__(self, window: float) -> None:
         self.window = window
         self.draining = False
-        self._streams: set[asyncio.Future[None]] = set()
+        self._streams: dict[asyncio.Future[None], DrainPolicy] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -39,17 +40,22 @@ class Drain:
     def open_streams(self) -> int:
         return len(self._streams)
 
-    def register(self) -> asyncio.Future[None]:
-        """A future that resolves when this stream must end for the drain."""
+    def register(self, policy: DrainPolicy = "reconnect") -> asyncio.Future[None]:
+        """A future that resolves when this stream must end for the drain.
+
+        ``reconnect`` streams (resumable: SSE with ids, endless feeds) end at a random
+        moment in the window; ``finish`` streams (an LLM answer cannot be resumed) may run
+        on until the window's end.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._streams.add(future)
+        self._streams[future] = policy
         self._empty.clear()
         if self.draining:
             future.set_result(None)
         return future
 
     def unregister(self, future: asyncio.Future[None]) -> None:
-        self._streams.discard(future)
+        self._streams.pop(future, None)
         if not future.done():
             future.cancel()
         if not self._streams:
@@ -65,8 +71,9 @@ class Drain:
             "drain started",
             extra={"event": "drain", "open_streams": len(self._streams), "window_s": self.window},
         )
-        for future in list(self._streams):
-            loop.call_later(random.uniform(0, self.window), _resolve, future)
+        for future, policy in list(self._streams.items()):
+            delay = self.window if policy == "finish" else random.uniform(0, self.window)
+            loop.call_later(delay, _resolve, future)
 
     async def wait_empty(self, timeout: float) -> bool:
         """True when every stream ended within ``timeout`` seconds."""

@@ -41,6 +41,7 @@ class ApiError(Exception):
         message: str = "",
         headers: Mapping[str, str] | None = None,
         details: Any = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -48,9 +49,12 @@ class ApiError(Exception):
         self.message = message
         self.headers = dict(headers or {})
         self.details = details
+        self.fields = dict(fields or {})  # more members of the error object (OpenAI: param, code)
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.type, self.message, self.headers, self.details)
+        return error_response(
+            self.status, self.type, self.message, self.headers, self.details, self.fields
+        )
 
 
 def error_response(
@@ -59,8 +63,9 @@ def error_response(
     message: str,
     headers: Mapping[str, str] | None = None,
     details: Any = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type, "message": message}
+    body: dict[str, Any] = {"type": type, "message": message, **(fields or {})}
     if details is not None:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -23,6 +25,10 @@ class Runtime:
     rates: RateLimits
     caps: StreamCaps
     redis: Redis | None
+    # Opened at startup, closed at shutdown, in order (a router factory may add its own).
+    resources: list[Callable[[Any], AbstractAsyncContextManager[None]]] = field(
+        default_factory=list
+    )
 
     @classmethod
     def create(cls, settings: CoreSettings, public_routes: Iterable[str] = ()) -> Runtime:

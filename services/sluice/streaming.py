@@ -27,12 +27,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from sluice.drain import DrainPolicy
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import HEARTBEAT, StreamFormat, encode
 from sluice.request_context import request_info, route_template
 
 if TYPE_CHECKING:
+    from sluice.limits import Slot
     from sluice.runtime import Runtime
 
 log = logging.getLogger("sluice.stream")
@@ -44,6 +46,20 @@ class EndReason(enum.StrEnum):
     SEND_TIMEOUT = "send_timeout"
     ERROR = "error"
     DRAIN = "drain"
+
+
+class StreamError(Exception):
+    """Raised by a producer to end its stream as failed (reason ``error``).
+
+    ``last`` replaces the core's generic ``error`` event (e.g. a proxy's own error frame);
+    ``abort=True`` sends nothing more and drops the connection mid-body, as a crashed
+    server would (the mock upstream's reset fault).
+    """
+
+    def __init__(self, message: str, last: Event | None = None, abort: bool = False) -> None:
+        super().__init__(message)
+        self.last = last
+        self.abort = abort
 
 
 class _SendWatchdog:
@@ -106,6 +122,7 @@ class StreamResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         on_end: list[EndCallback] | None = None,
+        drain: DrainPolicy = "reconnect",
     ) -> None:
         # Not Response.__init__: it would render an empty body and set Content-Length: 0.
         self.status_code = status_code
@@ -116,17 +133,19 @@ class StreamResponse(Response):
         self.fmt = fmt
         self.runtime = runtime
         self.on_end = list(on_end or ())
+        self.drain_policy: DrainPolicy = drain
         self.reason: EndReason | None = None
         self.events_sent = 0
         self._first_byte: float | None = None
         self._watchdog: _SendWatchdog
+        self._failure: StreamError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.runtime.settings
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         route = route_template(scope)
-        drain_turn = self.runtime.drain.register()
+        drain_turn = self.runtime.drain.register(self.drain_policy)
         watchdog = _SendWatchdog(loop, settings.send_timeout)
         self._watchdog = watchdog
         observer = self.runtime.observer
@@ -149,6 +168,9 @@ class StreamResponse(Response):
                 reason = EndReason.SEND_TIMEOUT
             elif pump in done:
                 reason = _reason_of(pump)
+                failure = pump.exception() if not pump.cancelled() else None
+                if isinstance(failure, StreamError):
+                    self._failure = failure
             elif listener in done:
                 reason = EndReason.CLIENT_DISCONNECT
             elif heartbeat is not None and heartbeat in done:
@@ -163,14 +185,17 @@ class StreamResponse(Response):
             await asyncio.gather(*tasks, return_exceptions=True)
             await _close(self.events)
             self.runtime.drain.unregister(drain_turn)
+        abort = self._failure is not None and self._failure.abort
         try:
-            if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN):
+            if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN) and not abort:
                 async with asyncio.timeout(settings.send_timeout):
                     await self._finish(send, reason)
         except TimeoutError:
             pass
         finally:
             self._record(scope, route, reason, time.perf_counter() - started)
+        if abort:
+            raise self._failure  # type: ignore[misc]  # the server drops the connection
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt
@@ -208,6 +233,8 @@ class StreamResponse(Response):
             last = Event(
                 data={"reason": "drain", "retry_ms": retry}, event="reconnect", retry=retry
             )
+        elif reason is EndReason.ERROR and self._failure is not None:
+            last = self._failure.last
         elif reason is EndReason.ERROR and self.fmt is not StreamFormat.TEXT:
             last = Event(
                 data={"type": "internal_error", "message": "the stream failed"}, event="error"
@@ -245,6 +272,9 @@ def _reason_of(task: asyncio.Task[None]) -> EndReason:
     exc = task.exception()
     if exc is None:
         return EndReason.COMPLETED
+    if isinstance(exc, StreamError):
+        log.warning("stream failed: %s", exc)
+        return EndReason.ERROR
     log.error("stream producer failed", exc_info=exc)
     return EndReason.ERROR
 
@@ -265,20 +295,40 @@ async def _close(events: AsyncIterator[Event]) -> None:
             log.exception("closing the stream producer failed")
 
 
-async def stream(
-    request: Request,
-    events: AsyncIterator[Event],
-    fmt: StreamFormat,
-    *,
-    headers: Mapping[str, str] | None = None,
-    on_end: list[EndCallback] | None = None,
-) -> StreamResponse:
-    """The response for a stream, once the worker may start one.
+class StreamTicket:
+    """Leave to start one stream: the worker is not draining and a cap slot is held.
 
-    Refuses with 503 while draining, takes a stream-cap slot (429/503 when over; released
-    exactly once when the stream ends, however it ends), and renews a browser's
-    stream-token cookie so its automatic reconnect is let in.
+    Turn it into the response with :meth:`response`; if the stream never starts (an
+    upstream failed first), :meth:`release` gives the slot back. Either way, exactly once.
     """
+
+    def __init__(self, request: Request, runtime: Runtime, slot: Slot) -> None:
+        self.request = request
+        self.runtime = runtime
+        self.slot = slot
+
+    def release(self) -> None:
+        self.slot.release()
+
+    def response(
+        self,
+        events: AsyncIterator[Event],
+        fmt: StreamFormat,
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_end: list[EndCallback] | None = None,
+        drain: DrainPolicy = "reconnect",
+    ) -> StreamResponse:
+        slot = self.slot
+        all_headers = {**self.runtime.auth.renewal(self.request), **(headers or {})}
+        callbacks: list[EndCallback] = [lambda _: slot.release(), *(on_end or ())]
+        return StreamResponse(
+            events, fmt, self.runtime, headers=all_headers, on_end=callbacks, drain=drain
+        )
+
+
+async def open_stream(request: Request) -> StreamTicket:
+    """Refuse with 503 while draining; take a stream-cap slot (429/503 when over)."""
     runtime: Runtime = request.app.state.runtime
     if runtime.drain.draining:
         raise ApiError(
@@ -287,7 +337,22 @@ async def stream(
             "this server is restarting; reconnect shortly",
             headers={"Retry-After": str(max(1, round(runtime.settings.reconnect_retry_ms / 1000)))},
         )
-    slot = await runtime.caps.acquire(request)
-    all_headers = {**runtime.auth.renewal(request), **(headers or {})}
-    callbacks: list[EndCallback] = [lambda _: slot.release(), *(on_end or ())]
-    return StreamResponse(events, fmt, runtime, headers=all_headers, on_end=callbacks)
+    return StreamTicket(request, runtime, await runtime.caps.acquire(request))
+
+
+async def stream(
+    request: Request,
+    events: AsyncIterator[Event],
+    fmt: StreamFormat,
+    *,
+    headers: Mapping[str, str] | None = None,
+    on_end: list[EndCallback] | None = None,
+    drain: DrainPolicy = "reconnect",
+) -> StreamResponse:
+    """The response for a stream, once the worker may start one (see :func:`open_stream`).
+
+    The cap slot is released exactly once when the stream ends, however it ends, and a
+    browser's stream-token cookie is renewed so its automatic reconnect is let in.
+    """
+    ticket = await open_stream(request)
+    return ticket.response(events, fmt, headers=headers, on_end=on_end, drain=drain)

@@ -1,0 +1,334 @@
+"""Forwarding to the upstream: the call, its failures, and the relay of a token stream.
+
+The relay is pass-through: every upstream SSE event is forwarded byte for byte the moment
+it is complete; it is only looked into for what Sluice needs (token timing, usage,
+errors, the end). The caller's key never leaves; the upstream gets its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from chat_proxy.frames import SseSplitter, data_of
+from chat_proxy.metrics import (
+    INTER_TOKEN,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS,
+    UPSTREAM_ERRORS,
+    UPSTREAM_REQUESTS,
+    KnownModels,
+)
+from chat_proxy.settings import ChatSettings
+from chat_proxy.tokens import TokenBudget
+from chat_proxy.upstream import Upstream, UpstreamError, UpstreamResponse, make_upstream
+from sluice.errors import ApiError
+from sluice.events import Event
+from sluice.limits import caller_key
+from sluice.logs import request_id_var
+from sluice.request_context import request_info
+from sluice.runtime import Runtime
+from sluice.streaming import EndReason, StreamError
+
+log = logging.getLogger("chat_proxy")
+
+_CONTENT = b'"content":'
+
+
+class ChatProxy:
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        assert isinstance(settings, ChatSettings)
+        self.settings = settings
+        self.service = settings.service_name
+        self.models = KnownModels(settings.chat_models + "," + settings.chat_default_model)
+        self.tokens = TokenBudget(runtime, settings.chat_token_limit)
+        self._upstream: Upstream | None = None
+        key = settings.upstream_api_key
+        self._auth = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    @property
+    def upstream(self) -> Upstream:
+        assert self._upstream is not None, "the upstream pool opens at startup"
+        return self._upstream
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """One connection pool per worker, for the worker's life."""
+        s = self.settings
+        self._upstream = make_upstream(
+            s.upstream_client,
+            s.upstream_base_url,
+            s.upstream_connect_timeout,
+            s.upstream_read_timeout,
+            s.upstream_max_connections,
+        )
+        await self._learn_models()
+        try:
+            yield
+        finally:
+            await self._upstream.aclose()
+
+    async def _learn_models(self) -> None:
+        try:
+            response = await self.upstream.request("GET", "/models", None, self._auth)
+            body = await response.read()
+            await response.close()
+            if response.status == 200:
+                self.models.add([m["id"] for m in json.loads(body)["data"]])
+        except (UpstreamError, ValueError, KeyError, TypeError) as exc:
+            log.warning("could not list upstream models: %s", exc)
+
+    def headers(self, accept: str) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": accept, **self._auth}
+        request_id = request_id_var.get()
+        if request_id:
+            headers["x-request-id"] = request_id
+        return headers
+
+    async def send(self, payload: Mapping[str, Any], stream: bool) -> UpstreamResponse:
+        """POST the completion upstream; ApiError (502/504/4xx) when it fails before a byte."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        accept = "text/event-stream" if stream else "application/json"
+        try:
+            response = await self.upstream.request(
+                "POST", "/chat/completions", body, self.headers(accept)
+            )
+        except UpstreamError as exc:
+            raise self.failure(exc) from None
+        UPSTREAM_REQUESTS.labels(self.service, str(response.status)).inc()
+        if response.status != 200:
+            try:
+                raw = await response.read()
+            except UpstreamError:
+                raw = b""
+            finally:
+                await response.close()
+            UPSTREAM_ERRORS.labels(self.service, "status").inc()
+            raise _status_error(response.status, raw, response.header("retry-after"))
+        return response
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            response = await self.upstream.request(
+                "GET", path, None, self.headers("application/json")
+            )
+            body = await response.read()
+            await response.close()
+        except UpstreamError as exc:
+            raise self.failure(exc) from None
+        UPSTREAM_REQUESTS.labels(self.service, str(response.status)).inc()
+        return response.status, body
+
+    def failure(self, exc: UpstreamError) -> ApiError:
+        UPSTREAM_ERRORS.labels(self.service, exc.kind).inc()
+        if exc.kind == "timeout":
+            return ApiError(
+                504,
+                "upstream_timeout",
+                f"the model server timed out: {exc}",
+                fields={"param": None, "code": "upstream_timeout"},
+            )
+        return ApiError(
+            502,
+            "upstream_unavailable",
+            f"the model server failed: {exc}",
+            fields={"param": None, "code": f"upstream_{exc.kind}"},
+        )
+
+    def account(self, request: Request, model: str, prompt: int, completion: int) -> None:
+        """Count a finished completion's tokens: metrics, the key's budget, its log line."""
+        label = self.models.label(model)
+        if prompt:
+            TOKENS.labels(self.service, label, "prompt").inc(prompt)
+        if completion:
+            TOKENS.labels(self.service, label, "completion").inc(completion)
+        self.tokens.charge(caller_key(request), prompt + completion)
+        info = request_info(request.scope)
+        if info is not None:
+            info.stream.update(
+                {"model": label, "tokens_prompt": prompt, "tokens_completion": completion}
+            )
+
+
+def _status_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
+    message = f"the model server answered {status}"
+    try:
+        upstream_error = json.loads(raw)["error"]
+        message = f"{message}: {upstream_error['message']}"
+    except (ValueError, KeyError, TypeError):
+        upstream_error = {}
+    fields = {"param": upstream_error.get("param"), "code": upstream_error.get("code")}
+    if status in (400, 404, 409, 413, 422):
+        return ApiError(status, "invalid_request_error", message, fields=fields)
+    if status == 429:
+        return ApiError(
+            429,
+            "rate_limit_error",
+            message,
+            fields=fields,
+            headers={"Retry-After": retry_after or "1"},
+        )
+    if status in (401, 403):
+        message = f"the model server refused this proxy's credentials ({status})"
+    return ApiError(
+        502, "upstream_error", message, fields={"param": None, "code": f"upstream_{status}"}
+    )
+
+
+def error_frame(kind: str, message: str) -> bytes:
+    body = {
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": None,
+            "code": f"upstream_{kind}",
+        }
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class Relay:
+    """One streamed completion: forwards upstream events, times tokens, counts usage."""
+
+    def __init__(
+        self, proxy: ChatProxy, request: Request, model: str, client_wants_usage: bool
+    ) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.model = model
+        self.label = proxy.models.label(model)
+        self.client_wants_usage = client_wants_usage
+        info = request_info(request.scope)
+        self.started = info.started if info is not None else time.perf_counter()
+        self.last_token: float | None = None
+        self.completion = 0
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.ended = False
+        self.upstream_failed = False
+        self._ttft = TIME_TO_FIRST_TOKEN.labels(proxy.service, self.label)
+        self._itl = INTER_TOKEN.labels(proxy.service, self.label)
+
+    def _token(self) -> None:
+        now = time.perf_counter()
+        if self.last_token is None:
+            self._ttft.observe(now - self.started)
+        else:
+            self._itl.observe(now - self.last_token)
+        self.last_token = now
+        self.completion += 1
+
+    async def passthrough(
+        self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
+    ) -> AsyncIterator[Event]:
+        """The upstream's SSE, byte for byte (less a usage chunk the client did not ask for)."""
+        splitter = SseSplitter()
+        chunk = first
+        try:
+            while True:
+                out = self._inspect(splitter.feed(chunk))
+                if out:
+                    yield Event(raw=out)
+                if self.ended:
+                    if self.upstream_failed:
+                        raise StreamError("the model server sent an error event")
+                    return
+                chunk = await self._next(chunks)
+        finally:
+            await response.close()
+
+    async def deltas(
+        self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
+    ) -> AsyncIterator[Event]:
+        """Just the text: each content delta as an event (text, SSE or NDJSON), then done."""
+        splitter = SseSplitter()
+        chunk = first
+        try:
+            while True:
+                for frame in splitter.feed(chunk):
+                    payload = data_of(frame)
+                    if payload is None:
+                        continue
+                    if payload == b"[DONE]":
+                        self.ended = True
+                        break
+                    message = json.loads(payload)
+                    if "error" in message:
+                        UPSTREAM_ERRORS.labels(self.proxy.service, "error_event").inc()
+                        error = message["error"]
+                        raise StreamError(
+                            "upstream error event", last=Event(data={"error": error}, event="error")
+                        )
+                    if message.get("usage"):
+                        self.usage = message["usage"]
+                    for choice in message.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            self._token()
+                            yield Event(data={"delta": content}, text=content)
+                        if choice.get("finish_reason"):
+                            self.finish_reason = choice["finish_reason"]
+                if self.ended:
+                    yield Event(
+                        event="done",
+                        data={"finish_reason": self.finish_reason, "usage": self.usage},
+                        text="",
+                    )
+                    return
+                chunk = await self._next(chunks)
+        finally:
+            await response.close()
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes:
+        try:
+            return await anext(chunks)
+        except StopAsyncIteration:
+            raise self._fail("reset", "the model server closed the stream before [DONE]") from None
+        except UpstreamError as exc:
+            raise self._fail(exc.kind, str(exc)) from None
+
+    def _fail(self, kind: str, message: str) -> StreamError:
+        UPSTREAM_ERRORS.labels(self.proxy.service, kind).inc()
+        return StreamError(message, last=Event(raw=error_frame(kind, message)))
+
+    def _inspect(self, frames: list[bytes]) -> bytes:
+        out = []
+        for frame in frames:
+            payload = data_of(frame)
+            if payload is None:
+                out.append(frame)  # comments, retry hints: forwarded as they are
+                continue
+            if payload == b"[DONE]":
+                self.ended = True
+                out.append(frame)
+                break
+            if payload.startswith(b'{"error"'):
+                UPSTREAM_ERRORS.labels(self.proxy.service, "error_event").inc()
+                self.ended = self.upstream_failed = True
+                out.append(frame)
+                break
+            at = payload.find(_CONTENT)
+            if at >= 0:
+                value = payload[at + len(_CONTENT) : at + len(_CONTENT) + 3].lstrip()
+                if value.startswith(b'"') and not value.startswith(b'""'):
+                    self._token()
+            if b'"usage":{' in payload:
+                with suppress(ValueError):
+                    self.usage = json.loads(payload).get("usage") or self.usage
+                if not self.client_wants_usage and b'"choices":[]' in payload:
+                    continue  # usage was asked for by the proxy, not the client
+            out.append(frame)
+        return b"".join(out)
+
+    def finish(self, reason: EndReason) -> None:
+        usage = self.usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or self.completion)
+        self.proxy.account(self.request, self.model, prompt, completion)

@@ -1,0 +1,192 @@
+"""The upstream HTTP client: one pool per worker, two implementations behind one interface.
+
+``benchmarks/chat_proxy.py`` measures both under the same load; the default
+(``SLUICE_UPSTREAM_CLIENT``) is the one that measured leaner. Failures are reported as
+:class:`UpstreamError` with a ``kind`` that metrics and error mapping use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Literal, Protocol
+
+import aiohttp
+import httpx
+
+ErrorKind = Literal["connect", "timeout", "reset", "status", "error_event", "protocol"]
+
+
+class UpstreamError(Exception):
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+
+
+class UpstreamResponse(Protocol):
+    status: int
+
+    def header(self, name: str) -> str | None: ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; UpstreamError on a stall or a dropped connection."""
+        ...
+
+    async def read(self) -> bytes: ...
+
+    async def close(self) -> None:
+        """Give the connection back, or drop it when the body was not read to its end."""
+        ...
+
+
+class Upstream(Protocol):
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpUpstream:
+    def __init__(self, base_url: str, connect: float, read: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300
+        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        )
+
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        try:
+            response = await self.session.request(
+                method, self.base_url + path, data=body, headers=dict(headers)
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError("timeout", f"upstream did not answer in time ({exc})") from None
+        except aiohttp.ServerDisconnectedError:
+            raise UpstreamError("reset", "upstream closed the connection") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("connect", f"upstream unreachable: {type(exc).__name__}") from None
+        return _AiohttpResponse(response)
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class _AiohttpResponse:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError("timeout", "upstream stalled") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                "reset", f"upstream connection lost: {type(exc).__name__}"
+            ) from None
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError("timeout", "upstream stalled") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                "reset", f"upstream connection lost: {type(exc).__name__}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class HttpxUpstream:
+    def __init__(self, base_url: str, connect: float, read: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect, read=read, write=connect, pool=connect),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        request = self.client.build_request(
+            method, self.base_url + path, content=body, headers=dict(headers)
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError("timeout", f"upstream did not answer in time ({exc})") from None
+        except httpx.RemoteProtocolError:
+            raise UpstreamError("reset", "upstream closed the connection") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError("connect", f"upstream unreachable: {type(exc).__name__}") from None
+        return _HttpxResponse(response)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class _HttpxResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+
+    def header(self, name: str) -> str | None:
+        value: str | None = self._response.headers.get(name)
+        return value
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException:
+            raise UpstreamError("timeout", "upstream stalled") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                "reset", f"upstream connection lost: {type(exc).__name__}"
+            ) from None
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.aread()
+        except httpx.TimeoutException:
+            raise UpstreamError("timeout", "upstream stalled") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                "reset", f"upstream connection lost: {type(exc).__name__}"
+            ) from None
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+def make_upstream(
+    kind: str, base_url: str, connect: float, read: float, max_connections: int
+) -> Upstream:
+    if kind == "httpx":
+        return HttpxUpstream(base_url, connect, read, max_connections)
+    return AiohttpUpstream(base_url, connect, read, max_connections)
+
+
+async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
+    """The first non-empty body chunk, or None when the body was empty."""
+    async for chunk in chunks:
+        if chunk:
+            return chunk
+    return None

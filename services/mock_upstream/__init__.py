@@ -1,0 +1,1 @@
+"""mock_upstream: an OpenAI-compatible model server with deterministic tokens and faults."""

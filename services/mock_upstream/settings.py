@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from sluice.settings import CoreSettings
+
+
+class MockSettings(CoreSettings):
+    service_name: str = "mock-upstream"
+    mock_tokens: int = Field(20, ge=1, le=100_000, description="Tokens per completion.")
+    mock_token_delay: float = Field(0.02, ge=0, description="Seconds between tokens.")
+    mock_models: str = Field("mock-gpt,mock-gpt-mini", description="Comma-separated model ids.")
