@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import Proc, running, start_redis
+from tests.support.upstream import mock_upstream_proc
 
 
 @pytest.fixture
@@ -16,6 +17,11 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     return tmp_path_factory.mktemp("procs")
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(log_dir: Path) -> Iterator[Proc]:
+    yield from mock_upstream_proc(log_dir)
 
 
 @pytest.fixture(scope="session")

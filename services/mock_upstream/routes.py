@@ -107,6 +107,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         entry = ledger.open(
             request_id, body.model, body.stream, principal.key_id if principal else None
         )
+        entry.extra_fields = sorted(body.model_extra or {})
         if faults.status is not None:
             ledger.close(entry, f"status_{faults.status}")
             return _openai_error(faults.status, f"mock upstream failure {faults.status}")

@@ -116,9 +116,12 @@ def start_service(
 
 
 def start_nginx(upstreams: Mapping[str, str], log_dir: Path) -> Proc:
+    """nginx with the shipped config; services not given point at a closed port (502)."""
     port = free_port()
     prefix = log_dir / f"nginx-{port}"
-    conf = devstack.write_nginx(prefix, f"127.0.0.1:{port}", upstreams)
+    closed = f"127.0.0.1:{free_port()}"
+    every = {name: upstreams.get(name, closed) for name in devstack.SERVICES}
+    conf = devstack.write_nginx(prefix, f"127.0.0.1:{port}", every)
     proc = start(f"nginx-{port}", devstack.nginx_command(conf), log_dir)
     proc.port = port
     proc.extra["access_log"] = str(prefix / "access.log")

@@ -1,0 +1,262 @@
+"""chat-proxy through its ASGI app, against a real mock upstream process."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from chat_proxy.app import create_app
+from chat_proxy.metrics import TOKENS, UPSTREAM_ERRORS
+from chat_proxy.settings import ChatSettings
+from mock_upstream.routes import mock_text
+from tests.chat_proxy.conftest import CALLER_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ID
+from tests.support import asgi
+from tests.support.procs import Proc, free_port
+
+pytestmark = pytest.mark.anyio
+
+AUTH = ("authorization", f"Bearer {CALLER_KEY}")
+JSON = ("content-type", "application/json")
+
+
+def settings(mock: Proc, **overrides: Any) -> ChatSettings:
+    values: dict[str, Any] = {
+        "api_keys": SecretStr(CALLER_KEY),
+        "upstream_base_url": f"{mock.url}/v1",
+        "upstream_api_key": SecretStr(UPSTREAM_KEY),
+        "upstream_read_timeout": 1.0,
+        **overrides,
+    }
+    return ChatSettings(**values)
+
+
+def body(stream: bool = True, model: str = "mock-gpt", **extra: Any) -> bytes:
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "hello there"}],
+            "stream": stream,
+            **extra,
+        }
+    ).encode()
+
+
+async def post(app: Any, payload: bytes, rid: str | None = None, **kw: Any) -> asgi.Result:
+    headers = [AUTH, JSON] + ([("x-request-id", rid)] if rid else [])
+    return await asgi.request(
+        app, "/v1/chat/completions", method="POST", headers=headers, body=payload, **kw
+    )
+
+
+async def seen_by(mock: Proc, request_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{mock.url}/mock/requests/{request_id}")
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def data_lines(text: str) -> list[str]:
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+def errors(kind: str) -> float:
+    return UPSTREAM_ERRORS.labels("chat-proxy", kind)._value.get()  # type: ignore[attr-defined]
+
+
+async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, body(), rid="chat-pass-1")
+    assert result.status == 200
+    assert result.headers["content-type"].startswith("text/event-stream")
+    lines = data_lines(result.text)
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    assert all(c["choices"] for c in chunks)  # usage chunk dropped: the client did not ask
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == mock_text(20)
+    seen = await seen_by(mock_upstream, "chat-pass-1")
+    assert seen["key_id"] == UPSTREAM_KEY_ID  # the upstream key, never the caller's
+    assert seen["end"] == "completed"
+
+
+async def test_usage_is_forwarded_when_asked(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, body(stream_options={"include_usage": True}))
+    chunks = [json.loads(line) for line in data_lines(result.text)[:-1]]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 20
+
+
+async def test_non_stream_and_unknown_fields_pass_through(mock_upstream: Proc) -> None:
+    before = TOKENS.labels("chat-proxy", "mock-gpt", "completion")._value.get()  # type: ignore[attr-defined]
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, body(stream=False, seed=42, logit_bias={}), rid="chat-extra-1")
+    assert json.loads(result.body)["choices"][0]["message"]["content"] == mock_text(20)
+    seen = await seen_by(mock_upstream, "chat-extra-1")
+    assert seen["extra_fields"] == ["logit_bias", "seed"]
+    after = TOKENS.labels("chat-proxy", "mock-gpt", "completion")._value.get()  # type: ignore[attr-defined]
+    assert after - before == 20
+
+
+async def test_models_and_unknown_model_label(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        models = await asgi.request(app, "/v1/models", headers=[AUTH])
+        proxy_models = app.state.runtime.resources[0].__self__.models
+    assert [m["id"] for m in json.loads(models.body)["data"]] == ["mock-gpt", "mock-gpt-mini"]
+    assert proxy_models.label("mock-gpt-mini") == "mock-gpt-mini"
+    assert proxy_models.label("attacker-chosen-9f8e7d") == "other"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[]", 400, None),
+        (json.dumps({"model": "m"}).encode(), 400, "messages"),
+        (json.dumps({"model": "m", "messages": []}).encode(), 400, "messages"),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "robot", "content": "x"}]}).encode(),
+            400,
+            "messages.0.role",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user"}], "temperature": 3}).encode(),
+            400,
+            "temperature",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}).encode(),
+            400,
+            "max_tokens",
+        ),
+    ],
+)
+async def test_bad_bodies_get_openai_shaped_400(
+    mock_upstream: Proc, payload: bytes, status: int, param: str | None
+) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, payload)
+    error = json.loads(result.body)["error"]
+    assert result.status == status
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+
+
+async def test_body_size_limit_is_413(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream, chat_max_body_bytes=2048))) as app:
+        big = body(stream=False, padding="x" * 5000)
+        result = await post(app, big)
+    assert result.status == 413
+    assert json.loads(result.body)["error"]["code"] == "body_too_large"
+
+
+async def test_needs_a_key_and_seed_route_is_public(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        refused = await asgi.request(
+            app, "/v1/chat/completions", method="POST", headers=[JSON], body=body()
+        )
+        seed = await asgi.request(app, "/chat-stream?prompt=Tell+a+story")
+    assert refused.status == 401
+    assert seed.status == 200
+    assert seed.headers["content-type"].startswith("text/plain")
+    assert seed.text == mock_text(20)
+
+
+async def test_chat_stream_sse_variant_for_browsers(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await asgi.request(
+            app, "/chat-stream?prompt=hi", headers=[("accept", "text/event-stream")]
+        )
+    frames = [f for f in result.text.split("\n\n") if f]
+    deltas = [json.loads(f[6:])["delta"] for f in frames if f.startswith("data: ")]
+    assert "".join(deltas) == mock_text(20)
+    assert frames[-1].startswith("event: done\n")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"),
+    [
+        ("status=400", 400, "status"),
+        ("status=401", 502, "status"),
+        ("status=429", 429, "status"),
+        ("status=500", 502, "status"),
+        ("status=503", 502, "status"),
+        ("first_token_delay=3", 504, "timeout"),
+    ],
+)
+async def test_failures_before_the_first_byte_are_json(
+    mock_upstream: Proc, fault: str, status: int, kind: str
+) -> None:
+    before = errors(kind)
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, body(model=f"mock-fault:{fault}"))
+    assert result.status == status
+    error = json.loads(result.body)["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert errors(kind) == before + 1
+    assert app.state.runtime.caps.local_total == 0  # the slot went back
+
+
+async def test_upstream_down_is_502_connect(mock_upstream: Proc) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    before = errors("connect")
+    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_base_url=closed))) as app:
+        result = await post(app, body())
+    assert result.status == 502
+    assert json.loads(result.body)["error"]["code"] == "upstream_connect"
+    assert errors("connect") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "code"),
+    [
+        ("error_after=3", "error_event", "mock_mid_stream"),
+        ("reset_after=3", "reset", "upstream_reset"),
+        ("stall=3,stall_after=3", "timeout", "upstream_timeout"),
+    ],
+)
+async def test_failures_after_the_first_byte_end_with_an_error_event(
+    mock_upstream: Proc, fault: str, kind: str, code: str
+) -> None:
+    before = errors(kind)
+    started = time.monotonic()
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, body(model=f"mock-fault:{fault}"))
+    assert time.monotonic() - started < 2.5  # a stall ends at the read timeout (1 s)
+    assert result.status == 200
+    lines = data_lines(result.text)
+    assert "[DONE]" not in lines
+    assert json.loads(lines[-1])["error"]["code"] == code
+    content = [json.loads(x)["choices"][0]["delta"].get("content") for x in lines[:-1]]
+    assert "".join(c or "" for c in content) == mock_text(3)
+    assert result.completed  # a clean end of the response, no [DONE]
+    assert errors(kind) == before + 1
+
+
+async def test_token_budget_per_key(mock_upstream: Proc) -> None:
+    # Each completion: 2 prompt + 20 completion tokens.
+    async with asgi.lifespan(
+        create_app(settings(mock_upstream, chat_token_limit="50/hour", service_name="chat-tokens"))
+    ) as app:
+        codes = [(await post(app, body(stream=s))).status for s in (True, False, True)]
+        refused = await post(app, body())
+    assert codes == [200, 200, 200]
+    assert refused.status == 429
+    error = json.loads(refused.body)["error"]
+    assert error["type"] == "tokens_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_request_rate_limit(mock_upstream: Proc) -> None:
+    async with asgi.lifespan(
+        create_app(settings(mock_upstream, rate_limit="2/minute", service_name="chat-rate"))
+    ) as app:
+        codes = [(await post(app, body(stream=False))).status for _ in range(3)]
+    assert codes == [200, 200, 429]
