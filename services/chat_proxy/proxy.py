@@ -19,11 +19,13 @@ from fastapi import FastAPI, Request
 from chat_proxy.frames import SseSplitter, data_of
 from chat_proxy.metrics import (
     INTER_TOKEN,
+    ITL_BUCKETS,
     TIME_TO_FIRST_TOKEN,
     TOKENS,
     UPSTREAM_ERRORS,
     UPSTREAM_REQUESTS,
     KnownModels,
+    StreamHistogram,
 )
 from chat_proxy.settings import ChatSettings
 from chat_proxy.tokens import TokenBudget
@@ -214,7 +216,7 @@ class Relay:
         self.ended = False
         self.upstream_failed = False
         self._ttft = TIME_TO_FIRST_TOKEN.labels(proxy.service, self.label)
-        self._itl = INTER_TOKEN.labels(proxy.service, self.label)
+        self._itl = StreamHistogram(INTER_TOKEN.labels(proxy.service, self.label), ITL_BUCKETS)
 
     def _token(self) -> None:
         now = time.perf_counter()
@@ -227,7 +229,7 @@ class Relay:
 
     async def passthrough(
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[bytes]:
         """The upstream's SSE, byte for byte (less a usage chunk the client did not ask for)."""
         splitter = SseSplitter()
         chunk = first
@@ -235,7 +237,7 @@ class Relay:
             while True:
                 out = self._inspect(splitter.feed(chunk))
                 if out:
-                    yield Event(raw=out)
+                    yield out
                 if self.ended:
                     if self.upstream_failed:
                         raise StreamError("the model server sent an error event")
@@ -296,7 +298,7 @@ class Relay:
 
     def _fail(self, kind: str, message: str) -> StreamError:
         UPSTREAM_ERRORS.labels(self.proxy.service, kind).inc()
-        return StreamError(message, last=Event(raw=error_frame(kind, message)))
+        return StreamError(message, last=error_frame(kind, message))
 
     def _inspect(self, frames: list[bytes]) -> bytes:
         out = []
@@ -328,6 +330,7 @@ class Relay:
         return b"".join(out)
 
     def finish(self, reason: EndReason) -> None:
+        self._itl.flush()
         usage = self.usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or self.completion)

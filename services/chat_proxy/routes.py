@@ -145,7 +145,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         except BaseException:
             ticket.release()
             raise
-        events: AsyncIterator[Event] = (
+        events: AsyncIterator[Event | bytes] = (
             relay.passthrough(first, chunks, response)
             if passthrough
             else relay.deltas(first, chunks, response)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Literal, Protocol
 
@@ -46,13 +47,46 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StallTimer:
+    """Fails a body read after ``timeout`` seconds without a byte, with one lazily re-armed
+    timer per response (aiohttp's ``sock_read`` re-schedules a timer on every chunk)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.fired = False
+        self._task: asyncio.Task[object] | None = None
+        self._handle = self.loop.call_at(self.last + timeout, self._check)
+
+    def waiting(self) -> None:
+        self._task = asyncio.current_task()
+
+    def got_bytes(self) -> None:
+        self._task = None
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self.timeout
+        if self._task is not None and self.loop.time() >= due:
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._handle = self.loop.call_at(max(due, self.loop.time() + 0.01), self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 class AiohttpUpstream:
     def __init__(self, base_url: str, connect: float, read: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
+        self.read_timeout = read
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300
         )
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+        # No sock_read: body stalls are watched by StallTimer, headers by asyncio.timeout.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False
         )
@@ -61,43 +95,60 @@ class AiohttpUpstream:
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> UpstreamResponse:
         try:
-            response = await self.session.request(
-                method, self.base_url + path, data=body, headers=dict(headers)
-            )
+            async with asyncio.timeout(self.read_timeout):
+                response = await self.session.request(
+                    method, self.base_url + path, data=body, headers=dict(headers)
+                )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamError("timeout", f"upstream did not answer in time ({exc})") from None
         except aiohttp.ServerDisconnectedError:
             raise UpstreamError("reset", "upstream closed the connection") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError("connect", f"upstream unreachable: {type(exc).__name__}") from None
-        return _AiohttpResponse(response)
+        return _AiohttpResponse(response, self.read_timeout)
 
     async def aclose(self) -> None:
         await self.session.close()
 
 
 class _AiohttpResponse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
         self._response = response
         self.status = response.status
+        self.read_timeout = read_timeout
 
     def header(self, name: str) -> str | None:
-        return self._response.headers.get(name)
+        value: str | None = self._response.headers.get(name)
+        return value
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        timer = StallTimer(self.read_timeout)
         try:
-            async for chunk in self._response.content.iter_any():
+            while True:
+                timer.waiting()
+                try:
+                    chunk = await content.readany()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if timer.fired and task is not None and task.uncancel() == 0:
+                        raise UpstreamError("timeout", "upstream stalled") from None
+                    raise
+                if not chunk:
+                    return
+                timer.got_bytes()
                 yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamError("timeout", "upstream stalled") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 "reset", f"upstream connection lost: {type(exc).__name__}"
             ) from None
+        finally:
+            timer.stop()
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
+            async with asyncio.timeout(self.read_timeout):
+                return await self._response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError("timeout", "upstream stalled") from None
         except aiohttp.ClientError as exc:

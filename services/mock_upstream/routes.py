@@ -16,7 +16,6 @@ from mock_upstream.faults import Faults, FaultSpecError, parse_faults
 from mock_upstream.ledger import Entry, Ledger
 from mock_upstream.settings import MockSettings
 from sluice.errors import ApiError
-from sluice.events import Event
 from sluice.formats import StreamFormat
 from sluice.logs import request_id_var
 from sluice.runtime import Runtime
@@ -175,17 +174,15 @@ async def _frames(
     prompt: int,
     include_usage: bool,
     entry: Entry,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     head = (
         f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
         f'"model":{json.dumps(model)},"choices":[{{"index":0,"delta":'
     )
 
-    def frame(delta: str, finish: str = "null") -> Event:
-        return Event(
-            raw=f'{head}{delta},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
-        )
+    def frame(delta: str, finish: str = "null") -> bytes:
+        return f'{head}{delta},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
 
     if faults.first_token_delay:  # prefill: not a byte of body until the first token
         await asyncio.sleep(faults.first_token_delay)
@@ -202,7 +199,7 @@ async def _frames(
                     "code": "mock_mid_stream",
                 }
             }
-            yield Event(raw=f"data: {json.dumps(error)}\n\n".encode())
+            yield f"data: {json.dumps(error)}\n\n".encode()
             return
         if faults.reset_after is not None and i == faults.reset_after:
             entry.end = "reset"
@@ -218,10 +215,8 @@ async def _frames(
             "completion_tokens": count,
             "total_tokens": prompt + count,
         }
-        yield Event(
-            raw=(
-                f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-                f'"model":{json.dumps(model)},"choices":[],"usage":{json.dumps(usage)}}}\n\n'
-            ).encode()
-        )
-    yield Event(raw=b"data: [DONE]\n\n")
+        yield (
+            f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
+            f'"model":{json.dumps(model)},"choices":[],"usage":{json.dumps(usage)}}}\n\n'
+        ).encode()
+    yield b"data: [DONE]\n\n"

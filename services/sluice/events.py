@@ -13,8 +13,9 @@ class Event:
     ``data`` is any JSON-serialisable value; a ``str`` is sent as-is (never JSON-quoted).
     ``event``, ``id`` and ``retry`` map to the SSE fields and to the NDJSON envelope.
     ``text`` overrides how the event is written to a ``text/plain`` stream (default: a
-    ``str`` ``data`` verbatim, anything else as one JSON line). ``raw`` is an already
-    framed chunk in the stream's own format, written byte for byte.
+    ``str`` ``data`` verbatim, anything else as one JSON line).
+    A producer may also yield ``bytes``: a chunk already framed in the stream's own
+    format, written byte for byte (what a pass-through proxy forwards).
     """
 
     data: Any = None
@@ -22,7 +23,6 @@ class Event:
     id: str | None = None
     retry: int | None = None
     text: str | None = None
-    raw: bytes | None = None  # pre-framed bytes, written as they are (pass-through proxies)
 
     def __post_init__(self) -> None:
         for name in ("event", "id"):

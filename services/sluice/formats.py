@@ -109,8 +109,6 @@ def _first_of_type(
 
 def encode(event: Event, fmt: StreamFormat) -> bytes:
     """One event's bytes on the wire in ``fmt``."""
-    if event.raw is not None:
-        return event.raw
     if fmt is StreamFormat.SSE:
         return encode_sse(event)
     if fmt is StreamFormat.NDJSON:

@@ -56,7 +56,9 @@ class StreamError(Exception):
     server would (the mock upstream's reset fault).
     """
 
-    def __init__(self, message: str, last: Event | None = None, abort: bool = False) -> None:
+    def __init__(
+        self, message: str, last: Event | bytes | None = None, abort: bool = False
+    ) -> None:
         super().__init__(message)
         self.last = last
         self.abort = abort
@@ -115,7 +117,7 @@ _STREAM_HEADERS = {
 class StreamResponse(Response):
     def __init__(
         self,
-        events: AsyncIterator[Event],
+        events: AsyncIterator[Event | bytes],
         fmt: StreamFormat,
         runtime: Runtime,
         *,
@@ -199,10 +201,9 @@ class StreamResponse(Response):
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt
-        async for event in self.events:
-            await self._send(
-                send, {"type": "http.response.body", "body": encode(event, fmt), "more_body": True}
-            )
+        async for item in self.events:
+            body = item if type(item) is bytes else encode(item, fmt)  # type: ignore[arg-type]
+            await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
             self.events_sent += 1
 
     async def _heartbeat(self, send: Send, interval: float) -> None:
@@ -227,7 +228,7 @@ class StreamResponse(Response):
             self._first_byte = time.perf_counter()
 
     async def _finish(self, send: Send, reason: EndReason) -> None:
-        last: Event | None = None
+        last: Event | bytes | None = None
         if reason is EndReason.DRAIN and self.fmt is not StreamFormat.TEXT:
             retry = self.runtime.settings.reconnect_retry_ms
             last = Event(
@@ -240,7 +241,7 @@ class StreamResponse(Response):
                 data={"type": "internal_error", "message": "the stream failed"}, event="error"
             )
         if last is not None:
-            body = encode(last, self.fmt)
+            body = last if isinstance(last, bytes) else encode(last, self.fmt)
             await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -286,7 +287,7 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-async def _close(events: AsyncIterator[Event]) -> None:
+async def _close(events: AsyncIterator[Event | bytes]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         try:
@@ -312,7 +313,7 @@ class StreamTicket:
 
     def response(
         self,
-        events: AsyncIterator[Event],
+        events: AsyncIterator[Event | bytes],
         fmt: StreamFormat,
         *,
         headers: Mapping[str, str] | None = None,
@@ -342,7 +343,7 @@ async def open_stream(request: Request) -> StreamTicket:
 
 async def stream(
     request: Request,
-    events: AsyncIterator[Event],
+    events: AsyncIterator[Event | bytes],
     fmt: StreamFormat,
     *,
     headers: Mapping[str, str] | None = None,
