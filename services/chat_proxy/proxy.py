@@ -231,18 +231,24 @@ class Relay:
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
     ) -> AsyncIterator[bytes]:
         """The upstream's SSE, byte for byte (less a usage chunk the client did not ask for)."""
-        splitter = SseSplitter()
-        chunk = first
+        feed, inspect = SseSplitter().feed, self._inspect
         try:
-            while True:
-                out = self._inspect(splitter.feed(chunk))
-                if out:
-                    yield out
-                if self.ended:
-                    if self.upstream_failed:
-                        raise StreamError("the model server sent an error event")
-                    return
-                chunk = await self._next(chunks)
+            out = inspect(feed(first))
+            if out:
+                yield out
+            if not self.ended:
+                async for chunk in chunks:  # the hot loop: one upstream read, one write
+                    out = inspect(feed(chunk))
+                    if out:
+                        yield out
+                    if self.ended:
+                        break
+                else:
+                    raise self._fail("reset", "the model server closed the stream before [DONE]")
+            if self.upstream_failed:
+                raise StreamError("the model server sent an error event")
+        except UpstreamError as exc:
+            raise self._fail(exc.kind, str(exc)) from None
         finally:
             await response.close()
 
