@@ -41,6 +41,7 @@ SERVICES: dict[str, Service] = {
     for s in (
         Service("demo", "demo.app:create_app()", 8001),
         Service("chat-proxy", "chat_proxy.app:create_app()", 8002),
+        Service("progress", "progress.app:create_app()", 8003),
         Service("mock-upstream", "mock_upstream.app:create_app()", 8009),
     )
 }
@@ -117,6 +118,33 @@ def dev_key(run_dir: Path, env: Mapping[str, str]) -> tuple[Path, str] | None:
     return path, path.read_text().strip()
 
 
+def local_redis(run_dir: Path, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The Redis progress uses: the configured one, else a local redis-server if installed
+    (started in the Procfile on its own port), else none (embedded mode)."""
+    if env.get("SLUICE_REDIS_URL"):
+        return env["SLUICE_REDIS_URL"], None
+    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin")
+    if binary is None or env.get("SLUICE_PROGRESS_MODE") == "embedded":
+        return None, None
+    port = _port(env, "SLUICE_LOCAL_REDIS_PORT", 6380)
+    data = run_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
+    return f"redis://127.0.0.1:{port}/0", f"redis: {shlex.join(argv)}"
+
+
 def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
     """Write ``run_dir``'s nginx config and Procfile; return what to print to the user."""
     nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
@@ -125,14 +153,30 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
     upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     conf = write_nginx(run_dir / "nginx", f"127.0.0.1:{nginx_port}", upstreams)
     lines = [f"nginx: {shlex.join(nginx_command(conf))}"]
+    redis_url, redis_line = local_redis(run_dir, env)
+    if redis_line:
+        lines.append(redis_line)
     for service in SERVICES.values():
         command, extra = service_command(service, upstreams[service.name])
         if generated is not None and service.name != "mock-upstream":
             extra["SLUICE_API_KEYS_FILE"] = str(generated[0])
         if service.name == "chat-proxy" and "SLUICE_UPSTREAM_BASE_URL" not in env:
             extra["SLUICE_UPSTREAM_BASE_URL"] = f"http://{upstreams['mock-upstream']}/v1"
+        if service.name == "progress" and redis_url:
+            extra["SLUICE_REDIS_URL"] = redis_url
+            extra["SLUICE_WORKERS"] = "2"
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
         lines.append(f"{service.name}: env {assignments} {shlex.join(command)}")
+    if redis_url:
+        worker_env = {"SLUICE_SERVICE_NAME": "progress", "SLUICE_REDIS_URL": redis_url}
+        if generated is not None:
+            worker_env["SLUICE_API_KEYS_FILE"] = str(generated[0])
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in worker_env.items())
+        python = shlex.quote(sys.executable)
+        lines.append(f"progress-worker: env {assignments} {python} -m progress.worker")
+        mode = f"progress: Redis mode ({redis_url}), jobs run by progress-worker\n"
+    else:
+        mode = "progress: embedded mode (no redis-server found): jobs run in-process\n"
     (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
     base = f"http://127.0.0.1:{nginx_port}"
     services = "\n".join(
@@ -154,7 +198,9 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         f"  curl -N {base}/dummy-counter\n"
         f"  curl -N {base}/dummy-events\n"
         f'  curl -N "{base}/chat-stream?prompt=Tell+a+story"\n'
+        f"  curl -N {base}/progress\n"
         f"{key_note}"
+        f"{mode}"
         f"Services behind nginx:\n{services}\n"
         "Ctrl-C stops everything.\n"
     )

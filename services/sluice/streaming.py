@@ -152,6 +152,8 @@ class StreamResponse(Response):
         self._watchdog = watchdog
         observer = self.runtime.observer
         observer.stream_started(route)
+        # Streams can live for hours: say when one opens, not only when it ends.
+        log.info("stream started", extra={"route": route, "stream_format": self.fmt.value})
         reason = EndReason.ERROR
         tasks: list[asyncio.Task[None]] = []
         try:

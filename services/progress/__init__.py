@@ -1,0 +1,1 @@
+"""progress: long jobs whose streamed progress survives reconnects, deaths and deploys."""

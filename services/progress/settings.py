@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from sluice.settings import CoreSettings
+
+
+class ProgressSettings(CoreSettings):
+    service_name: str = "progress"
+    progress_max_events: int = Field(10_000, ge=100, description="Events kept per job.")
+    progress_max_jobs: int = Field(10_000, ge=10, description="Jobs kept in memory mode.")
+    progress_retention: int = Field(
+        3600, ge=10, description="Seconds a finished job and its events are kept (Redis)."
+    )
+    progress_lease: float = Field(
+        10.0, gt=0, description="Seconds without a heartbeat before a running job is lost."
+    )
+    progress_checksum_files: str = Field(
+        "", description="name=path pairs the checksum kind may read (comma-separated)."
+    )
+    progress_checksum_max_mb: int = Field(4096, ge=1, description="Largest checksum job.")
+    progress_seed_steps: int = Field(100, ge=1, description="Steps of the seed's /progress.")
+    progress_seed_delay: float = Field(0.1, ge=0, description="Seconds between /progress steps.")
+    progress_worker_metrics_port: int = Field(
+        8013, ge=0, description="Port of the job worker's /metrics (0: off)."
+    )
