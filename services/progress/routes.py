@@ -107,14 +107,12 @@ def build_router(runtime: Runtime) -> APIRouter:
         job = await owned(request, job_id)
         if job.final:
             return job.public()
-        job.cancel_requested = True
+        await service.store.request_cancel(job)
+        await service.runner.cancel(job)  # a queued arq job is dropped, a running one stopped
         if job.state == "queued":
             await finish(
                 service.store, job, "cancelled", settings.service_name, error="cancelled by request"
             )
-        else:
-            await service.store.save(job)
-            await service.runner.cancel(job)
         return job.public()
 
     @router.get("/jobs/{job_id}/events", response_class=StreamResponse)

@@ -68,6 +68,8 @@ async def execute(store: JobStore, job_id: str, attempt: int, lease: float, serv
     job = await store.get(job_id)
     if job is None or job.state != "queued" or job.attempt != attempt:
         return
+    if await store.cancel_requested(job.id):  # cancelled while it waited in the queue
+        return
     kind = KINDS[job.kind]
     job.state = "running"
     job.started_at = time.time()
@@ -80,8 +82,7 @@ async def execute(store: JobStore, job_id: str, attempt: int, lease: float, serv
         await reporter.log(f"started (attempt {attempt})")
         result = await kind.run(kind.params.model_validate(job.params), reporter)
     except asyncio.CancelledError:
-        current = await store.get(job.id)
-        if current is not None and current.cancel_requested:
+        if await store.cancel_requested(job.id):
             job.cancel_requested = True
             await finish(store, job, "cancelled", service, error="cancelled by request")
             return

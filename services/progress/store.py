@@ -41,6 +41,12 @@ class JobStore(Protocol):
 
     def valid_event_id(self, value: str) -> bool: ...
 
+    async def request_cancel(self, job: Job) -> None:
+        """Mark a cancel request where the job's runner finds it (never overwritten)."""
+        ...
+
+    async def cancel_requested(self, job_id: str) -> bool: ...
+
     @property
     def subscribers(self) -> int: ...
 
@@ -84,6 +90,16 @@ class MemoryStore:
 
     async def save(self, job: Job) -> None:
         self._jobs[job.id] = job
+
+    async def request_cancel(self, job: Job) -> None:
+        job.cancel_requested = True
+        stored = self._jobs.get(job.id)
+        if stored is not None:
+            stored.cancel_requested = True
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and job.cancel_requested
 
     async def publish(self, job: Job, type: str, data: dict[str, Any]) -> str:
         events = self._events[job.id]
@@ -187,6 +203,17 @@ class RedisStore:
 
     async def save(self, job: Job) -> None:
         await self.redis.set(self.job_key(job.id), json.dumps(job.to_dict()))
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    async def request_cancel(self, job: Job) -> None:
+        # Its own key: the runner rewrites the job's JSON with every progress event.
+        job.cancel_requested = True
+        await self.redis.set(self.cancel_key(job.id), b"1", ex=self.retention)
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self.cancel_key(job_id)))
 
     async def publish(self, job: Job, type: str, data: dict[str, Any]) -> str:
         async with self.redis.pipeline(transaction=True) as pipe:
