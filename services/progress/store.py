@@ -161,6 +161,7 @@ class RedisStore:
         self._positions: dict[str, str] = {}
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._attaching = asyncio.Lock()
         self._subscribers = 0
 
     @property
@@ -264,11 +265,14 @@ class RedisStore:
             self._detach(key, queue)
 
     async def _attach(self, key: str, queue: asyncio.Queue[JobEvent | None]) -> None:
-        if key not in self._queues:
-            newest = await self.redis.xrevrange(key, count=1)
-            self._positions[key] = newest[0][0].decode() if newest else "0-0"
-            self._queues[key] = set()
-        self._queues[key].add(queue)
+        # Serialised: two first subscribers of one job must not both create its queue set
+        # (the second would drop the first's queue, which then never hears a live event).
+        async with self._attaching:
+            if key not in self._queues:
+                newest = await self.redis.xrevrange(key, count=1)
+                self._positions[key] = newest[0][0].decode() if newest else "0-0"
+                self._queues[key] = set()
+            self._queues[key].add(queue)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         self._wake.set()
