@@ -213,3 +213,25 @@ def test_job_worker_killed_mid_job_fails_the_job_in_time(stack: Stack) -> None:
         stack.worker = stack.start_worker()
     state = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
     assert state["state"] == "failed"
+
+
+def test_a_kind_that_allows_retries_runs_again_after_its_worker_dies(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.nginx.url}/jobs",
+        headers=AUTH,
+        json={"kind": "checksum", "params": {"size_mb": 3000}},
+    )
+    job = response.json()
+    url = stack.nginx.url + job["events_url"]
+    first, _ = read_events(url, stop_after=3)  # it is hashing
+    stack.worker.stop(signal.SIGKILL)
+    stack.worker = stack.start_worker()
+    rest, done = read_events(url, first[-1]["id"])
+    assert done
+    assert rest[-1]["event"] == "complete"
+    assert rest[-1]["data"]["result"]["bytes"] == 3000 * 1024 * 1024
+    retried = [
+        e for e in rest if e["event"] == "log" and "retrying (attempt 2)" in e["data"]["message"]
+    ]
+    assert len(retried) == 1
+    assert httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()["attempt"] == 2

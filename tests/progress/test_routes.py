@@ -215,3 +215,11 @@ def test_resume_after_any_disconnects_gives_every_event_once_in_order(cuts: list
     seen, everything = asyncio.run(main())
     assert seen == everything
     assert len(everything) == 27  # log, 25 progress, complete
+
+
+async def test_job_routes_are_rate_limited_per_key() -> None:
+    async with asgi.lifespan(app_with(rate_limit="2/minute")) as app:
+        codes = [(await submit(app, "simulate", {"steps": 1, "delay": 0})).status for _ in range(3)]
+        other = await submit(app, "simulate", {"steps": 1, "delay": 0}, who=B)
+    assert codes == [202, 202, 429]
+    assert other.status == 202
