@@ -4,8 +4,9 @@
 
 Scenarios: 1,000 concurrent subscribers on one job; 200 jobs with 5 subscribers each.
 Prints events delivered per second, delivery latency p50/p99 (the event's publish time
-to its arrival at the client, for events published after the subscriber connected), CPU per 1,000 events delivered (API and job worker
-processes, from /proc), and Redis commands per delivered event (INFO commandstats).
+to its arrival at the client, for events published after the subscriber connected), CPU
+per 1,000 events delivered (API and job worker processes, from /proc), and Redis commands
+per delivered event (INFO commandstats).
 """
 
 from __future__ import annotations
