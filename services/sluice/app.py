@@ -47,7 +47,9 @@ def create_app(
 ) -> FastAPI:
     """``public_routes`` are the service's default routes open without a key
     (``SLUICE_PUBLIC_ROUTES`` overrides them)."""
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    configure_logging(
+        settings.service_name, settings.log_level, settings.log_format, settings.log_file
+    )
     runtime = Runtime.create(settings, public_routes)
     checks = list(readiness)
     if runtime.redis is not None:

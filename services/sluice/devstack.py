@@ -42,6 +42,7 @@ SERVICES: dict[str, Service] = {
         Service("demo", "demo.app:create_app()", 8001),
         Service("chat-proxy", "chat_proxy.app:create_app()", 8002),
         Service("progress", "progress.app:create_app()", 8003),
+        Service("log-tail", "log_tail.app:create_app()", 8004),
         Service("mock-upstream", "mock_upstream.app:create_app()", 8009),
     )
 }
@@ -145,6 +146,16 @@ def local_redis(run_dir: Path, env: Mapping[str, str]) -> tuple[str | None, str 
     return f"redis://127.0.0.1:{port}/0", f"redis: {shlex.join(argv)}"
 
 
+def stack_logs(run_dir: Path) -> str:
+    """What log-tail follows under make run: the stack's own logs."""
+    run = run_dir.resolve()
+    files = {"nginx": run / "nginx" / "access.log", "nginx-error": run / "nginx" / "error.log"}
+    for name in SERVICES:
+        if name != "log-tail":
+            files[name] = run / "logs" / f"{name}.log"
+    return ",".join(f"{name}={path}" for name, path in files.items())
+
+
 def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
     """Write ``run_dir``'s nginx config and Procfile; return what to print to the user."""
     nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
@@ -162,6 +173,9 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
             extra["SLUICE_API_KEYS_FILE"] = str(generated[0])
         if service.name == "chat-proxy" and "SLUICE_UPSTREAM_BASE_URL" not in env:
             extra["SLUICE_UPSTREAM_BASE_URL"] = f"http://{upstreams['mock-upstream']}/v1"
+        extra["SLUICE_LOG_FILE"] = str((run_dir / "logs" / f"{service.name}.log").resolve())
+        if service.name == "log-tail" and "SLUICE_LOG_TAIL_FILES" not in env:
+            extra["SLUICE_LOG_TAIL_FILES"] = stack_logs(run_dir)
         if service.name == "progress" and redis_url:
             extra["SLUICE_REDIS_URL"] = redis_url
             extra["SLUICE_WORKERS"] = "2"
@@ -190,6 +204,7 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
             f'    -H \'Content-Type: application/json\' -d \'{{"model": "mock-gpt", '
             f'"stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}\'\n'
         )
+        key_note += f'  curl -N -H "Authorization: Bearer {generated[1]}" {base}/logs/nginx\n'
     else:
         key_note = "API keys: from SLUICE_API_KEYS / SLUICE_API_KEYS_FILE\n"
     return (
@@ -199,6 +214,7 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         f"  curl -N {base}/dummy-events\n"
         f'  curl -N "{base}/chat-stream?prompt=Tell+a+story"\n'
         f"  curl -N {base}/progress\n"
+        f"  curl -N {base}/logs\n"
         f"{key_note}"
         f"{mode}"
         f"Services behind nginx:\n{services}\n"

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 from contextvars import ContextVar
+from logging.handlers import WatchedFileHandler
+from pathlib import Path
 from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("sluice_request_id", default=None)
@@ -49,15 +51,21 @@ class TextFormatter(logging.Formatter):
         return f"{base} [{request_id}]" if request_id else base
 
 
-def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    """Send every logger (ours, uvicorn's, gunicorn's) to stderr in one format."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+def configure_logging(
+    service: str, level: str = "INFO", fmt: str = "json", file: Path | None = None
+) -> None:
+    """Send every logger (ours, uvicorn's, gunicorn's) to stderr, and ``file``, in one format."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(WatchedFileHandler(file))
+    for handler in handlers:
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter(service))
+        else:
+            handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
-    root.handlers = [handler]
+    root.handlers = handlers
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
         logger = logging.getLogger(name)

@@ -21,6 +21,9 @@ class CoreSettings(BaseSettings):
     service_name: str = Field("sluice", description="Service name in logs and metrics.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    log_file: Path | None = Field(
+        None, description="Also write logs here (reopened when rotated: logrotate-friendly)."
+    )
 
     heartbeat_interval: float = Field(
         15.0, ge=0, description="Seconds of silence before an SSE comment ping (0 disables)."

@@ -1,0 +1,170 @@
+"""``GET /logs`` (the seed's demo, or the list of names) and ``GET /logs/{name}``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import re2
+from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse, Response
+
+from log_tail.files import parse_files
+from log_tail.metrics import GAPS, LINES_DELIVERED
+from log_tail.settings import LogTailSettings
+from log_tail.tailer import Follower, Item, Line, Notice, Tailer
+from sluice.errors import ApiError
+from sluice.events import Event
+from sluice.formats import StreamFormat, choose_format
+from sluice.runtime import Runtime
+from sluice.streaming import StreamResponse, stream
+
+SEED_LINES = (
+    "[INFO] Starting app...\n",
+    "[WARN] Deprecation notice\n",
+    "[ERROR] Something failed\n",
+    "[INFO] Recovery successful\n",
+)
+_POSITION = re.compile(r"^(\d{1,20}):(\d{1,20})$")
+
+
+class LogTailService:
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        assert isinstance(settings, LogTailSettings)
+        self.settings = settings
+        self.files = parse_files(settings.log_tail_files, settings.log_tail_files_file)
+        self.tailers = {
+            name: Tailer(
+                name,
+                path,
+                settings.service_name,
+                settings.log_tail_max_lines,
+                settings.log_tail_max_line_bytes,
+                settings.log_tail_poll_interval,
+            )
+            for name, path in self.files.items()
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        for tailer in self.tailers.values():
+            tailer.start()
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(t.stop() for t in self.tailers.values()))
+
+
+def grep_filter(pattern: str | None, limit: int) -> Callable[[str], bool] | None:
+    """A linear-time (RE2) matcher: no pattern can stall the server."""
+    if pattern is None or pattern == "":
+        return None
+    if len(pattern) > limit:
+        raise ApiError(400, "invalid_grep", f"grep pattern longer than {limit} characters")
+    try:
+        compiled = re2.compile(pattern)
+    except Exception as exc:
+        reason = str(exc.args[0] if exc.args else exc).strip("b'\"")
+        raise ApiError(400, "invalid_grep", f"grep pattern is not valid RE2: {reason}") from None
+    return lambda text: compiled.search(text) is not None
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    service = LogTailService(runtime)
+    runtime.resources.append(service.lifespan)
+    settings = service.settings
+    limit = runtime.rates.limit
+    router = APIRouter(tags=["log-tail"])
+
+    @router.get("/logs", response_model=None)
+    @limit()
+    async def logs(request: Request) -> Response:
+        """JSON clients get the file names they may read; anything else the seed's demo."""
+        if "application/json" in request.headers.get("accept", ""):
+            principal = getattr(request.state, "principal", None)
+            names = sorted(service.tailers) if principal is not None else []
+            return JSONResponse({"files": names})
+        return await stream(request, _seed(settings.log_tail_seed_delay), StreamFormat.TEXT)
+
+    @router.get("/logs/{name}", response_class=StreamResponse)
+    @limit()
+    async def follow(
+        request: Request,
+        name: str,
+        lines: int = Query(10, ge=0, le=100_000),
+        follow: bool = Query(True),
+        grep: str | None = Query(None, max_length=4096),
+    ) -> StreamResponse:
+        tailer = service.tailers.get(name)
+        if tailer is None:
+            raise ApiError(404, "not_found", "no log file by that name")
+        if lines > settings.log_tail_max_lines:
+            raise ApiError(400, "invalid_lines", f"lines is at most {settings.log_tail_max_lines}")
+        fmt = choose_format(request, StreamFormat.TEXT)
+        matches = grep_filter(grep, settings.log_tail_grep_max)
+        after = request.query_params.get("after") or request.headers.get("last-event-id")
+        position = None
+        if after is not None:
+            found = _POSITION.match(after)
+            if found is None:
+                raise ApiError(400, "invalid_event_id", "a position is inode:offset")
+            position = (int(found[1]), int(found[2]))
+        # Follow first, then take the backlog: nothing is read in between (no await).
+        follower = tailer.follow(settings.log_tail_follower_buffer) if follow else None
+        backlog: list[Item]
+        if position is None:
+            backlog = list(tailer.backlog(lines))
+        else:
+            resumed, ok = tailer.since(*position, settings.log_tail_resume_max_bytes)
+            if ok:
+                backlog = resumed
+            else:
+                reason = "rotated" if position[0] != tailer.ino else "resume_too_old"
+                GAPS.labels(settings.service_name, name, reason).inc()
+                gap = Notice("gap", {"reason": reason, "file": name})
+                backlog = [gap, *[x for x in tailer.ring if x.ino == tailer.ino]]
+        events = _events(tailer, follower, backlog, matches)
+        return await stream(request, events, fmt)
+
+    async def _events(
+        tailer: Tailer,
+        follower: Follower | None,
+        backlog: Iterable[Item],
+        matches: Callable[[str], bool] | None,
+    ) -> AsyncIterator[Event]:
+        delivered = LINES_DELIVERED.labels(settings.service_name, tailer.name)
+        try:
+            for item in backlog:
+                event = _event(tailer.name, item, matches)
+                if event is not None:
+                    delivered.inc()
+                    yield event
+            while follower is not None:
+                event = _event(tailer.name, await follower.queue.get(), matches)
+                if event is not None:
+                    delivered.inc()
+                    yield event
+        finally:
+            if follower is not None:
+                tailer.unfollow(follower)
+
+    return router
+
+
+def _event(name: str, item: Item, matches: Callable[[str], bool] | None) -> Event | None:
+    if isinstance(item, Line):
+        if matches is not None and not matches(item.text):
+            return None
+        return Event(data=item.text, id=item.id, text=item.text + "\n")
+    details = " ".join(f"{k}={v}" for k, v in item.data.items())
+    return Event(data=item.data, event=item.kind, text=f"==> {name}: {item.kind} {details} <==\n")
+
+
+async def _seed(delay: float) -> AsyncIterator[Event]:
+    for line in SEED_LINES * 5:
+        yield Event(data=line)
+        await asyncio.sleep(delay)
