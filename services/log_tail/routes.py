@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import re2
@@ -18,7 +18,7 @@ from log_tail.settings import LogTailSettings
 from log_tail.tailer import Follower, Item, Line, Notice, Tailer
 from sluice.errors import ApiError
 from sluice.events import Event
-from sluice.formats import StreamFormat, choose_format
+from sluice.formats import StreamFormat, choose_format, encode
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
 
@@ -127,27 +127,32 @@ def build_router(runtime: Runtime) -> APIRouter:
                 GAPS.labels(settings.service_name, name, reason).inc()
                 gap = Notice("gap", {"reason": reason, "file": name})
                 backlog = [gap, *[x for x in tailer.ring if x.ino == tailer.ino]]
-        events = _events(tailer, follower, backlog, matches)
+        events = _chunks(tailer, follower, backlog, matches, fmt)
         return await stream(request, events, fmt)
 
-    async def _events(
+    async def _chunks(
         tailer: Tailer,
         follower: Follower | None,
-        backlog: Iterable[Item],
+        backlog: list[Item],
         matches: Callable[[str], bool] | None,
-    ) -> AsyncIterator[Event]:
+        fmt: StreamFormat,
+    ) -> AsyncIterator[bytes]:
+        """Whatever is waiting goes out as one write: a busy file costs writes per wake,
+        not per line, and each line is framed once per format for all its followers."""
         delivered = LINES_DELIVERED.labels(settings.service_name, tailer.name)
         try:
-            for item in backlog:
-                event = _event(tailer.name, item, matches)
-                if event is not None:
-                    delivered.inc()
-                    yield event
-            while follower is not None:
-                event = _event(tailer.name, await follower.queue.get(), matches)
-                if event is not None:
-                    delivered.inc()
-                    yield event
+            items = backlog
+            while True:
+                frames = [f for f in (_frame(tailer.name, i, matches, fmt) for i in items) if f]
+                if frames:
+                    delivered.inc(len(frames))
+                    yield b"".join(frames)
+                if follower is None:
+                    return
+                queue = follower.queue
+                items = [await queue.get()]
+                for _ in range(min(queue.qsize(), 5000)):
+                    items.append(queue.get_nowait())
         finally:
             if follower is not None:
                 tailer.unfollow(follower)
@@ -155,13 +160,16 @@ def build_router(runtime: Runtime) -> APIRouter:
     return router
 
 
-def _event(name: str, item: Item, matches: Callable[[str], bool] | None) -> Event | None:
+def _frame(
+    name: str, item: Item, matches: Callable[[str], bool] | None, fmt: StreamFormat
+) -> bytes | None:
     if isinstance(item, Line):
         if matches is not None and not matches(item.text):
             return None
-        return Event(data=item.text, id=item.id, text=item.text + "\n")
+        return item.framed(fmt)
     details = " ".join(f"{k}={v}" for k, v in item.data.items())
-    return Event(data=item.data, event=item.kind, text=f"==> {name}: {item.kind} {details} <==\n")
+    text = f"==> {name}: {item.kind} {details} <==\n"
+    return encode(Event(data=item.data, event=item.kind, text=text), fmt)
 
 
 async def _seed(delay: float) -> AsyncIterator[Event]:

@@ -25,22 +25,33 @@ from watchfiles import awatch
 
 from log_tail.files import open_regular, stat_regular
 from log_tail.metrics import FOLLOWERS, GAPS, LINES_READ, ROTATIONS
+from sluice.events import Event
+from sluice.formats import StreamFormat, encode
 
 log = logging.getLogger("log_tail")
 
 READ_SIZE = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     ino: int
     start: int  # offset of the line's first byte
     end: int  # offset just past its newline
     text: str
+    _framed: dict[StreamFormat, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def id(self) -> str:
         return f"{self.ino}:{self.end}"
+
+    def framed(self, fmt: StreamFormat) -> bytes:
+        """This line on the wire in ``fmt``, built once however many follow it."""
+        found = self._framed.get(fmt)
+        if found is None:
+            event = Event(data=self.text, id=self.id, text=self.text + "\n")
+            found = self._framed[fmt] = encode(event, fmt)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
