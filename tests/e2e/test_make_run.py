@@ -15,15 +15,29 @@ from tests.support.procs import free_port, start, wait_http
 
 
 def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: Path) -> None:
-    env = {"SLUICE_NGINX_PORT": str(free_port()), "SLUICE_DEMO_PORT": str(free_port())}
+    env = {
+        name: str(free_port())
+        for name in (
+            "SLUICE_NGINX_PORT",
+            "SLUICE_DEMO_PORT",
+            "SLUICE_CHAT_PROXY_PORT",
+            "SLUICE_PROGRESS_PORT",
+            "SLUICE_LOG_TAIL_PORT",
+            "SLUICE_MOCK_UPSTREAM_PORT",
+            "SLUICE_LOCAL_REDIS_PORT",
+        )
+    }
+    env["SLUICE_PROGRESS_WORKER_METRICS_PORT"] = "0"
     printed = devstack.prepare(tmp_path, env)
     key = (tmp_path / "dev-api-key").read_text().strip()
     honcho = str(Path(sys.executable).parent / "honcho")
     proc = start("honcho", [honcho, "-f", str(tmp_path / "Procfile"), "start"], log_dir, env)
     base = f"http://127.0.0.1:{env['SLUICE_NGINX_PORT']}"
     try:
-        wait_http(f"http://127.0.0.1:{env['SLUICE_DEMO_PORT']}/readyz", proc, timeout=30)
+        for port in ("DEMO", "CHAT_PROXY", "PROGRESS", "LOG_TAIL", "MOCK_UPSTREAM"):
+            wait_http(f"http://127.0.0.1:{env[f'SLUICE_{port}_PORT']}/readyz", proc, timeout=30)
         wait_http(f"{base}/healthz", proc, timeout=10)
+        assert "progress: Redis mode" in printed
         assert base in printed
         with httpx.stream("GET", f"{base}/toy-stream", timeout=10) as response:
             lines = response.iter_lines()
@@ -34,10 +48,26 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
             json={"path": "/dummy-events"},
         )
         assert token.status_code == 200
-        assert (
-            httpx.get(f"{base}/toy-stream", headers={"Authorization": "Bearer no"}).status_code
-            == 401
+        refused = httpx.get(f"{base}/toy-stream", headers={"Authorization": "Bearer no"})
+        assert refused.status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = httpx.get(f"{base}/chat-stream?prompt=hi", timeout=10)
+        assert chat.text.startswith("Sluice streams tokens")
+        job = httpx.post(
+            f"{base}/jobs",
+            headers=auth,
+            timeout=10,
+            json={"kind": "simulate", "params": {"steps": 3, "delay": 0.05}},
         )
+        assert job.status_code == 202
+        events = httpx.get(f"{base}{job.json()['events_url']}", headers=auth, timeout=20).text
+        assert "event: complete" in events
+        # log-tail follows the stack's own nginx access log: our requests appear live.
+        with httpx.stream("GET", f"{base}/logs/nginx?lines=0", headers=auth, timeout=10) as tail:
+            lines = tail.iter_lines()
+            marker = f"/toy-stream-marker-{time.time_ns()}"
+            httpx.get(f"{base}{marker}")
+            assert any(marker in next(lines) for _ in range(5))
     finally:
         proc.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
         started = time.monotonic()
