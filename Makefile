@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean fmt
+.PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean fmt \
+	compose-smoke
 
 help:
 	@echo "make run    - the whole stack as local processes, nginx on http://127.0.0.1:8080"
@@ -26,7 +27,8 @@ venv: $(STAMP)
 # Install what is missing when we may (root); otherwise say what to install.
 # Each entry is command:debian-package.
 RUN_DEPS := nginx:nginx-light
-TEST_DEPS := $(RUN_DEPS) redis-server:redis-server chromium:chromium
+TEST_DEPS := $(RUN_DEPS) redis-server:redis-server chromium:chromium kubectl:kubectl \
+	docker-compose:docker-compose
 define install_missing
 	@missing=""; \
 	for entry in $(1); do \
@@ -67,10 +69,21 @@ fmt: venv
 	$(BIN)/ruff check --fix services tests benchmarks deploy
 	$(BIN)/ruff format services tests benchmarks deploy
 
-lock: 
+# requirements.lock: everything make run/test install; requirements-runtime.lock: the image's.
+lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip freeze --exclude-editable | grep -v '^sluice' > requirements.lock
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q .
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^sluice' > requirements-runtime.lock
+	rm -rf .lock-venv
+
+# For a machine with Docker: build, start, run the README's curl examples, stop.
+compose-smoke:
+	@test -f .env || cp .env.example .env
+	docker compose up -d --build --wait
+	SLUICE_SMOKE_KEY=$$(grep ^SLUICE_API_KEYS= .env | cut -d= -f2 | cut -d, -f1) \
+	  deploy/smoke.sh http://localhost:8080; status=$$?; docker compose down; exit $$status
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -62,6 +63,16 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         assert job.status_code == 202
         events = httpx.get(f"{base}{job.json()['events_url']}", headers=auth, timeout=20).text
         assert "event: complete" in events
+        # The README's examples, as deploy/smoke.sh (and `make compose-smoke`) runs them.
+        smoke = subprocess.run(
+            [str(devstack.ROOT / "deploy" / "smoke.sh"), base],
+            env={**os.environ, "SLUICE_SMOKE_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
         # log-tail follows the stack's own nginx access log: our requests appear live.
         with httpx.stream("GET", f"{base}/logs/nginx?lines=0", headers=auth, timeout=10) as tail:
             lines = tail.iter_lines()

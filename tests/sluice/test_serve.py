@@ -1,0 +1,71 @@
+"""The container entrypoint and healthcheck, run for real (as the image runs them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sluice import devstack
+from sluice.healthcheck import url
+from sluice.serve import command
+from tests.support.procs import Proc, free_port, running, start, wait_http
+
+
+@pytest.mark.parametrize("name", list(devstack.SERVICES))
+def test_every_service_runs_under_the_shared_gunicorn_config(name: str) -> None:
+    argv, env = command({"SLUICE_SERVICE": name})
+    assert argv[1:3] == ["-c", str(devstack.GUNICORN_CONF)]
+    assert argv[3] == devstack.SERVICES[name].factory
+    assert env == {
+        "SLUICE_SERVICE_NAME": name,
+        "SLUICE_BIND": f"0.0.0.0:{devstack.SERVICES[name].port}",
+    }
+
+
+def test_the_worker_and_unknown_names() -> None:
+    assert command({"SLUICE_SERVICE": "progress-worker"})[0][1:] == ["-m", "progress.worker"]
+    with pytest.raises(SystemExit, match="not one of: demo, chat-proxy"):
+        command({"SLUICE_SERVICE": "nope"})
+
+
+def test_healthcheck_urls() -> None:
+    assert url({"SLUICE_SERVICE": "demo", "SLUICE_BIND": "0.0.0.0:9001"}) == (
+        "http://127.0.0.1:9001/healthz"
+    )
+    assert url({"SLUICE_SERVICE": "log-tail"}) == "http://127.0.0.1:8004/healthz"
+    assert url({"SLUICE_SERVICE": "progress-worker"}) == "http://127.0.0.1:8013/"
+
+
+def test_entrypoint_serves_and_the_healthcheck_sees_it(log_dir: object) -> None:
+    from pathlib import Path
+
+    port = free_port()
+    env = {
+        "SLUICE_SERVICE": "demo",
+        "SLUICE_BIND": f"127.0.0.1:{port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(Path(str(log_dir)) / f"m-{port}"),
+    }
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+    proc: Proc = start(
+        f"serve-{port}", [sys.executable, "-m", "sluice.serve"], Path(str(log_dir)), env
+    )
+    with running(proc):
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        check = subprocess.run(
+            [sys.executable, "-m", "sluice.healthcheck"],
+            env={**os.environ, **env},
+            capture_output=True,
+            check=False,
+        )
+        assert check.returncode == 0
+    down = subprocess.run(
+        [sys.executable, "-m", "sluice.healthcheck"],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+    )
+    assert down.returncode == 1
+    assert b"unhealthy" in down.stderr
