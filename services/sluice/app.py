@@ -57,7 +57,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        signal_drain = SignalDrain(runtime.drain)
+        signal_drain = SignalDrain(runtime.drain, settings.service_name)
         signal_drain.install()
         async with AsyncExitStack() as stack:
             if runtime.redis is not None:

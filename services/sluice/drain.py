@@ -20,6 +20,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Literal
 
+from sluice.metrics import DRAINS
+
 log = logging.getLogger("sluice.drain")
 
 DrainPolicy = Literal["reconnect", "finish"]
@@ -93,8 +95,9 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class SignalDrain:
     """Puts :class:`Drain` in front of the server's own SIGTERM handler while the app runs."""
 
-    def __init__(self, drain: Drain, margin: float = 2.0) -> None:
+    def __init__(self, drain: Drain, service: str, margin: float = 2.0) -> None:
         self.drain = drain
+        self.service = service
         self.margin = margin
         self._previous: _SignalHandler = None
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +131,7 @@ class SignalDrain:
     async def _run(self, signum: int, frame: FrameType | None) -> None:
         self.drain.begin()
         clean = await self.drain.wait_empty(self.drain.window + self.margin)
+        DRAINS.labels(self.service, "clean" if clean else "timeout").inc()
         log.info(
             "drain finished",
             extra={"event": "drain", "clean": clean, "open_streams": self.drain.open_streams},

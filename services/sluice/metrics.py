@@ -63,6 +63,11 @@ RATE_LIMITED = Counter(
 AUTH_FAILURES = Counter(
     "sluice_auth_failures_total", "Requests refused by auth, by reason.", ["service", "reason"]
 )
+DRAINS = Counter(
+    "sluice_drains_total",
+    "Worker drains on SIGTERM, by result (clean: every stream ended in the window; timeout).",
+    ["service", "result"],
+)
 HTTP_REQUESTS = Counter(
     "sluice_http_requests_total",
     "HTTP requests by status.",

@@ -37,7 +37,12 @@ def deploy_names() -> set[str]:
     names = set(NAME.findall(template)) | {"SLUICE_SERVICE"}
     names |= set(NAME.findall((ROOT / "deploy" / "smoke.sh").read_text()))
     names |= {f"{s.env_prefix}_PORT" for s in devstack.SERVICES.values()}
-    names |= {"SLUICE_NGINX_PORT", "SLUICE_LOCAL_REDIS_PORT", "SLUICE_PROGRESS_MODE"}
+    names |= {
+        "SLUICE_NGINX_PORT",
+        "SLUICE_LOCAL_REDIS_PORT",
+        "SLUICE_PROGRESS_MODE",
+        "SLUICE_PROMETHEUS_PORT",
+    }
     return names
 
 

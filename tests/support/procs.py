@@ -175,3 +175,21 @@ def start_redis(log_dir: Path) -> Proc:
         time.sleep(0.05)
     proc.extra["url"] = f"redis://127.0.0.1:{port}/0"
     return proc
+
+
+def start_prometheus(targets: Mapping[str, str], log_dir: Path, interval: str = "1s") -> Proc:
+    """A real Prometheus scraping ``targets`` with the shipped rules."""
+    port = free_port()
+    folder = log_dir / f"prometheus-{port}"
+    folder.mkdir()
+    rules = devstack.PROMETHEUS_DIR / "rules" / "sluice.yml"
+    (folder / "prometheus.yml").write_text(
+        devstack.prometheus_config(targets, str(rules), interval)
+    )
+    argv = devstack.prometheus_command(folder.parent, f"127.0.0.1:{port}")
+    assert argv is not None, "prometheus is not installed"
+    argv = [a.replace(str(folder.parent / "prometheus"), str(folder)) for a in argv]
+    proc = start(f"prometheus-{port}", argv, log_dir)
+    proc.port = port
+    wait_http(f"{proc.url}/-/ready", proc)
+    return proc
