@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Literal, Protocol
 
 import aiohttp
@@ -203,28 +204,26 @@ class _HttpxResponse:
         return value
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
+        with _httpx_body_errors():
             async for chunk in self._response.aiter_raw():
                 yield chunk
-        except httpx.TimeoutException:
-            raise UpstreamError("timeout", "upstream stalled") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                "reset", f"upstream connection lost: {type(exc).__name__}"
-            ) from None
 
     async def read(self) -> bytes:
-        try:
+        with _httpx_body_errors():
             return await self._response.aread()
-        except httpx.TimeoutException:
-            raise UpstreamError("timeout", "upstream stalled") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                "reset", f"upstream connection lost: {type(exc).__name__}"
-            ) from None
 
     async def close(self) -> None:
         await self._response.aclose()
+
+
+@contextmanager
+def _httpx_body_errors() -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise UpstreamError("timeout", "upstream stalled") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError("reset", f"upstream connection lost: {type(exc).__name__}") from None
 
 
 def make_upstream(

@@ -109,32 +109,7 @@ async def _end_path(app: object, reason: EndReason) -> None:
         await task
         runtime.drain.draining = False
     else:
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": "/ticks",
-            "raw_path": b"/ticks",
-            "query_string": b"count=100",
-            "headers": [],
-            "state": {},
-            "root_path": "",
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 2),
-            "scheme": "http",
-        }
-        sends = 0
-
-        async def receive() -> dict[str, object]:
-            await asyncio.sleep(3600)
-            return {}
-
-        async def send(message: dict[str, object]) -> None:
-            nonlocal sends
-            sends += 1
-            if sends > 2:
-                await asyncio.sleep(3600)
-
-        await app(scope, receive, send)  # type: ignore[operator]
+        await asgi.stalled_client(app, "/ticks?count=100")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("reason", list(EndReason))

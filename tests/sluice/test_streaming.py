@@ -141,34 +141,8 @@ async def test_send_timeout_ends_stream_when_writes_block() -> None:
     probe = Probe()
     app = make_app(probe, send_timeout=0.3)
     async with asgi.lifespan(app):
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": "/ticks",
-            "raw_path": b"/ticks",
-            "query_string": b"count=100",
-            "headers": [],
-            "state": {},
-            "root_path": "",
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 2),
-            "scheme": "http",
-        }
-        stuck = asyncio.Event()
-        sends = 0
-
-        async def receive() -> dict[str, object]:
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, object]) -> None:
-            nonlocal sends
-            sends += 1
-            if message["type"] == "http.response.body" and sends > 2:
-                await stuck.wait()  # never set: the client stopped reading
-
         started = time.perf_counter()
-        await asyncio.wait_for(app(scope, receive, send), 5)
+        await asyncio.wait_for(asgi.stalled_client(app, "/ticks?count=100"), 5)
     assert probe.reasons == [EndReason.SEND_TIMEOUT]
     assert 0.25 <= time.perf_counter() - started < 2
 

@@ -92,3 +92,35 @@ async def request(
     async with asyncio.timeout(timeout):
         await app(scope, receive, send)
     return result
+
+
+async def stalled_client(app: FastAPI, target: str, writes: int = 2) -> None:
+    """A client that accepts ``writes`` messages, then never reads again (and never leaves):
+    every later ``send`` blocks, as on a socket whose reader stopped."""
+    url = urlsplit(target)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": url.path,
+        "raw_path": url.path.encode(),
+        "query_string": url.query.encode(),
+        "headers": [],
+        "state": {},
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "scheme": "http",
+    }
+    sent = 0
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal sent
+        sent += 1
+        if sent > writes:
+            await asyncio.Event().wait()
+
+    await app(scope, receive, send)

@@ -142,6 +142,11 @@ def running(*procs: Proc) -> Iterator[None]:
 
 def worker_pids(master: Proc) -> list[int]:
     """The gunicorn worker pids of a master, from /proc."""
+    return children(master.pid)
+
+
+def children(parent: int) -> list[int]:
+    """Live child pids of ``parent``, from /proc."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -150,7 +155,7 @@ def worker_pids(master: Proc) -> list[int]:
             except OSError:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == master.pid:
+            if ppid == parent:
                 pids.append(int(entry.name))
     return sorted(pids)
 
