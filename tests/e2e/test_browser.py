@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support.procs import Proc
+from tests.support.procs import Proc, running, start_nginx, start_service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -112,3 +114,43 @@ def test_browser_streams_a_protected_route_with_a_stream_token_cookie(
     assert cookie["httpOnly"]
     assert cookie["sameSite"] == "Strict"
     assert cookie["path"] == "/dummy-events"
+
+
+# The README's progress recipe in a browser: a token for the job's events, then EventSource.
+WATCH_JOB = """
+async ([key, eventsUrl]) => {
+  await fetch("/auth/stream-token", {
+    method: "POST",
+    headers: {"Authorization": "Bearer " + key, "Content-Type": "application/json"},
+    body: JSON.stringify({path: eventsUrl}),
+  });
+  return await new Promise((resolve, reject) => {
+    const percents = [];
+    const es = new EventSource(eventsUrl);
+    es.addEventListener("progress", (e) => percents.push(JSON.parse(e.data).percent));
+    es.addEventListener("complete", (e) => {
+      es.close(); resolve({percents, result: JSON.parse(e.data).result});
+    });
+    es.addEventListener("failed", (e) => { es.close(); reject(new Error(e.data)); });
+    setTimeout(() => reject(new Error("no complete event in 15 s")), 15000);
+  });
+}
+"""
+
+
+def test_browser_watches_a_job_with_event_source(browser: Browser, log_dir: Path) -> None:
+    key = "sk-e2e-browser-progress-000000001"
+    progress = start_service("progress", log_dir, {"SLUICE_API_KEYS": key}, workers=1)
+    nginx = start_nginx({"progress": f"127.0.0.1:{progress.port}"}, log_dir)
+    with running(nginx, progress):
+        job = httpx.post(
+            f"{nginx.url}/jobs",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"kind": "simulate", "params": {"steps": 4, "delay": 0.1}},
+        ).json()
+        page = browser.new_page()
+        page.goto(f"{nginx.url}/healthz")
+        seen = page.evaluate(WATCH_JOB, [key, job["events_url"]])
+        page.close()
+    assert seen["percents"] == [25.0, 50.0, 75.0, 100.0]
+    assert seen["result"] == {"steps": 4}
