@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
 .PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean fmt \
-	compose-smoke
+	compose-smoke loadtest
 
 help:
 	@echo "make run    - the whole stack as local processes, nginx on http://127.0.0.1:8080"
@@ -54,8 +54,8 @@ run: venv system-deps
 	@exec $(BIN)/honcho -f .run/Procfile -d . start
 
 lint: venv
-	$(BIN)/ruff check services tests benchmarks deploy
-	$(BIN)/ruff format --check services tests benchmarks deploy
+	$(BIN)/ruff check services tests benchmarks deploy loadtests
+	$(BIN)/ruff format --check services tests benchmarks deploy loadtests
 
 typecheck: venv
 	$(BIN)/mypy --strict services/
@@ -79,6 +79,17 @@ lock:
 	rm -rf .lock-venv
 
 # For a machine with Docker: build, start, run the README's curl examples, stop.
+# A bounded, headless locust run against the running stack (make run in another terminal):
+# CSV and HTML in loadtests/reports/; exits non-zero when a threshold is missed.
+LOADTEST_HOST ?= http://127.0.0.1:8080
+LOADTEST_USERS ?= 40
+LOADTEST_TIME ?= 60s
+loadtest: venv
+	@mkdir -p loadtests/reports
+	LOADTEST_RESTARTS=$${LOADTEST_RESTARTS:-2} $(BIN)/locust -f loadtests/locustfile.py --headless \
+	  --host $(LOADTEST_HOST) -u $(LOADTEST_USERS) -r 10 -t $(LOADTEST_TIME) --stop-timeout 15 \
+	  --csv loadtests/reports/sluice --html loadtests/reports/sluice.html
+
 compose-smoke:
 	@test -f .env || cp .env.example .env
 	docker compose up -d --build --wait

@@ -36,6 +36,7 @@ def deploy_names() -> set[str]:
     template += (ROOT / "nginx" / "local.conf.template").read_text()
     names = set(NAME.findall(template)) | {"SLUICE_SERVICE"}
     names |= set(NAME.findall((ROOT / "deploy" / "smoke.sh").read_text()))
+    names |= set(NAME.findall((ROOT / "loadtests" / "locustfile.py").read_text()))
     names |= {f"{s.env_prefix}_PORT" for s in devstack.SERVICES.values()}
     names |= {
         "SLUICE_NGINX_PORT",
