@@ -294,6 +294,12 @@ def thresholds(environment: Environment, **_: Any) -> None:
     max_fail = float(os.environ.get("LOADTEST_MAX_FAIL_RATIO", "0.01"))
     if stats.total.fail_ratio > max_fail:
         problems.append(f"failure ratio {stats.total.fail_ratio:.3f} > {max_fail}")
+        limited = sum(e.occurrences for e in stats.errors.values() if "429" in str(e.error))
+        if limited > stats.total.num_failures / 2:
+            problems.append(
+                "mostly 429: the stack's own rate limits; for a load test start it "
+                "with SLUICE_RATE_LIMIT=100000/minute SLUICE_MAX_STREAMS_PER_KEY=1000"
+            )
     ttft = stats.get("chat ttft", "STREAM")
     limit = float(os.environ.get("LOADTEST_TTFT_P99_MS", "2000"))
     if ttft.num_requests and ttft.get_response_time_percentile(0.99) > limit:
