@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -51,3 +52,40 @@ def test_make_run_writes_a_valid_local_config(tmp_path: Path) -> None:
     for service in devstack.SERVICES.values():
         assert f"127.0.0.1:{service.port}" in text
     assert "prometheus: " in (tmp_path / "Procfile").read_text()
+
+
+def test_k8s_flavour_matches_what_the_manifests_put_on_pods(tmp_path: Path) -> None:
+    """Debian's promtool is built without Kubernetes discovery, so this flavour is checked by
+    its source and against the rendered pods: every annotation and label it keys on is set."""
+    text = (PROM / "prometheus.k8s.yml").read_text()
+    assert text == devstack.k8s_prometheus_config()
+    config = yaml.safe_load(text)
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "sluice"
+    used = {s for rule in job["relabel_configs"] for s in rule["source_labels"]}
+    shutil.copytree(devstack.ROOT / "k8s", tmp_path / "k8s")
+    shutil.copytree(devstack.ROOT / "nginx", tmp_path / "nginx")
+    for overlay in ("dev", "prod"):
+        folder = tmp_path / "k8s" / "overlays" / overlay
+        shutil.copy(folder / "secrets.env.example", folder / "secrets.env")
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / "k8s")], capture_output=True, text=True, check=True
+    ).stdout
+    pods = [
+        d["spec"]["template"]["metadata"]
+        for d in yaml.safe_load_all(rendered)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] != "nginx"
+    ]
+    assert pods
+    for pod in pods:
+        notes, labels = pod["annotations"], pod["labels"]
+        for source in used - {"__address__"}:
+            key = source.removeprefix("__meta_kubernetes_pod_")
+            if key.startswith("annotation_"):
+                name = key.removeprefix("annotation_").replace("prometheus_io_", "prometheus.io/")
+                assert name in notes, (pod["labels"], name)
+            elif key.startswith("label_"):
+                name = key.removeprefix("label_").replace(
+                    "app_kubernetes_io_", "app.kubernetes.io/"
+                )
+                assert name.replace("_", "-") in labels or name in labels, name
