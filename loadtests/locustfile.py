@@ -69,6 +69,18 @@ def refused_while_draining(env: Environment, response: Any) -> bool:
     return False
 
 
+def usable(env: Environment, response: Any) -> bool:
+    """Settle a streamed response's verdict: True to read it, False to let it go (a drain's
+    refusal, counted and waited out, or a failure, recorded)."""
+    if refused_while_draining(env, response):
+        return False
+    if response.status_code != 200:
+        response.failure(f"status {response.status_code}")
+        return False
+    response.success()
+    return True
+
+
 def sse_events(lines: Any) -> Any:
     """(event, id, data, retry) from an iterator of SSE lines."""
     event: dict[str, str] = {}
@@ -105,10 +117,7 @@ class ChatUser(HttpUser):
             name="/v1/chat/completions",
             catch_response=True,
         ) as response:
-            if refused_while_draining(self.environment, response):
-                return
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}")
+            if not usable(self.environment, response):
                 return
             for line in response.iter_lines():
                 size += len(line)
@@ -120,7 +129,6 @@ class ChatUser(HttpUser):
                 else:
                     report(self.environment, "STREAM", "chat inter-token", (now - last) * 1000)
                 last = now
-            response.success()
         report(
             self.environment, "STREAM", "chat stream", (time.perf_counter() - started) * 1000, size
         )
@@ -157,12 +165,8 @@ class ProgressUser(HttpUser):
                 timeout=30,
                 catch_response=True,
             ) as response:
-                if refused_while_draining(self.environment, response):
+                if not usable(self.environment, response):
                     continue
-                if response.status_code != 200:
-                    response.failure(f"status {response.status_code}")
-                    continue
-                response.success()
                 for event in sse_events(response.iter_lines()):
                     if "id" not in event:
                         continue
@@ -180,7 +184,7 @@ class ProgressUser(HttpUser):
             with self.client.get(
                 url, headers=AUTH, name="/jobs/{id}/events (full)", timeout=30, catch_response=True
             ) as full:
-                if refused_while_draining(self.environment, full):
+                if not usable(self.environment, full):
                     continue
                 expected = [e["id"] for e in sse_events(full.text.split("\n")) if "id" in e]
                 break
@@ -213,12 +217,8 @@ class LogFollower(HttpUser):
             timeout=(5, 3),  # a quiet file is normal: 3 s without a line ends the follow
             catch_response=True,
         ) as response:
-            if refused_while_draining(self.environment, response):
+            if not usable(self.environment, response):
                 return
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}")
-                return
-            response.success()
             deadline = time.monotonic() + 3
             try:
                 for _ in response.iter_lines():
@@ -246,12 +246,8 @@ class EventsUser(HttpUser):
         with self.client.get(
             "/dummy-events", stream=True, name="/dummy-events", timeout=30, catch_response=True
         ) as response:
-            if refused_while_draining(self.environment, response):
+            if not usable(self.environment, response):
                 return
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}")
-                return
-            response.success()
             for event in sse_events(response.iter_lines()):
                 received += 1
                 if event.get("event") == "reconnect":

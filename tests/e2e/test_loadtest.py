@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from sluice import devstack
-from tests.support.procs import free_port, start, wait_http
+from tests.support.procs import start_local_stack
 
 sys.path.insert(0, str(devstack.ROOT / "loadtests"))  # loadtests/ is not a package
 from processes import is_gunicorn
@@ -36,37 +35,19 @@ def descendants(pid: int) -> dict[int, tuple[int, list[str]]]:
 def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
     tmp_path: Path, log_dir: Path
 ) -> None:
-    env = {
-        name: str(free_port())
-        for name in (
-            "SLUICE_NGINX_PORT",
-            "SLUICE_DEMO_PORT",
-            "SLUICE_CHAT_PROXY_PORT",
-            "SLUICE_PROGRESS_PORT",
-            "SLUICE_LOG_TAIL_PORT",
-            "SLUICE_MOCK_UPSTREAM_PORT",
-            "SLUICE_LOCAL_REDIS_PORT",
-            "SLUICE_PROMETHEUS_PORT",
-        )
-    }
-    env |= {
-        "SLUICE_PROGRESS_WORKER_METRICS_PORT": "0",
-        "SLUICE_RATE_LIMIT": "100000/minute",
-        "SLUICE_MAX_STREAMS_PER_KEY": "1000",
-        "SLUICE_DRAIN_WINDOW": "2",
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.2",
-    }
-    devstack.prepare(tmp_path, env)
-    key = (tmp_path / "dev-api-key").read_text().strip()
-    honcho = str(Path(sys.executable).parent / "honcho")
-    stack = start(
-        "loadtest-stack", [honcho, "-f", str(tmp_path / "Procfile"), "start"], log_dir, env
+    stack = start_local_stack(
+        tmp_path,
+        log_dir,
+        {
+            "SLUICE_RATE_LIMIT": "100000/minute",
+            "SLUICE_MAX_STREAMS_PER_KEY": "1000",
+            "SLUICE_DRAIN_WINDOW": "2",
+            "SLUICE_DEMO_EVENTS_INTERVAL": "0.2",
+        },
     )
-    base = f"http://127.0.0.1:{env['SLUICE_NGINX_PORT']}"
+    env, key, base = stack.env, stack.key, stack.base
     try:
-        for port in ("DEMO", "CHAT_PROXY", "PROGRESS", "LOG_TAIL", "MOCK_UPSTREAM"):
-            wait_http(f"http://127.0.0.1:{env[f'SLUICE_{port}_PORT']}/readyz", stack, timeout=30)
-        family = descendants(stack.pid)
+        family = descendants(stack.proc.pid)
         gunicorns = {pid: ppid for pid, (ppid, argv) in family.items() if is_gunicorn(argv)}
         masters = [pid for pid, ppid in gunicorns.items() if ppid not in gunicorns]
         assert len(masters) == 5
@@ -107,8 +88,7 @@ def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
             check=False,
         )
     finally:
-        stack.popen.send_signal(signal.SIGINT)
-        stack.popen.wait(30)
+        stack.stop()
     verdict = [
         line
         for line in run.stdout.splitlines() + run.stderr.splitlines()
@@ -122,7 +102,7 @@ def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
     assert int(rows[("STREAM", "chat ttft")]["Request Count"]) > 10
     assert int(rows[("STREAM", "chat inter-token")]["Request Count"]) > 100
     assert int(rows[("CHECK", "rolling restart")]["Request Count"]) == 2
-    assert stack.log().count("Handling signal: hup") == 10  # 5 masters, twice
+    assert stack.proc.log().count("Handling signal: hup") == 10  # 5 masters, twice
     assert int(rows[("CHECK", "events reconnect hints")]["Request Count"]) >= 1
     assert rows[("CHECK", "progress lost events")]["Failure Count"] == "0"
     assert int(rows[("CHECK", "progress lost events")]["Request Count"]) > 0

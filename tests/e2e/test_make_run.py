@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from sluice import devstack
-from tests.support.procs import free_port, start, wait_http
+from tests.support.procs import start_local_stack
 
 
 def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: Path) -> None:
-    env = {
-        name: str(free_port())
-        for name in (
-            "SLUICE_NGINX_PORT",
-            "SLUICE_DEMO_PORT",
-            "SLUICE_CHAT_PROXY_PORT",
-            "SLUICE_PROGRESS_PORT",
-            "SLUICE_LOG_TAIL_PORT",
-            "SLUICE_MOCK_UPSTREAM_PORT",
-            "SLUICE_LOCAL_REDIS_PORT",
-        )
-    }
-    env["SLUICE_PROGRESS_WORKER_METRICS_PORT"] = "0"
-    printed = devstack.prepare(tmp_path, env)
-    key = (tmp_path / "dev-api-key").read_text().strip()
-    honcho = str(Path(sys.executable).parent / "honcho")
-    proc = start("honcho", [honcho, "-f", str(tmp_path / "Procfile"), "start"], log_dir, env)
-    base = f"http://127.0.0.1:{env['SLUICE_NGINX_PORT']}"
+    stack = start_local_stack(tmp_path, log_dir)
+    key, base, printed = stack.key, stack.base, stack.printed
     try:
-        for port in ("DEMO", "CHAT_PROXY", "PROGRESS", "LOG_TAIL", "MOCK_UPSTREAM"):
-            wait_http(f"http://127.0.0.1:{env[f'SLUICE_{port}_PORT']}/readyz", proc, timeout=30)
-        wait_http(f"{base}/healthz", proc, timeout=10)
         assert "progress: Redis mode" in printed
         assert base in printed
         with httpx.stream("GET", f"{base}/toy-stream", timeout=10) as response:
@@ -80,9 +59,8 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
             httpx.get(f"{base}{marker}")
             assert any(marker in next(lines) for _ in range(5))
     finally:
-        proc.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
         started = time.monotonic()
-        code = proc.popen.wait(20)
+        code = stack.stop()  # SIGINT, as Ctrl-C
     assert time.monotonic() - started < 15
     assert code is not None
     leftovers = subprocess.run(

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,3 +199,56 @@ def start_prometheus(targets: Mapping[str, str], log_dir: Path, interval: str = 
     proc.port = port
     wait_http(f"{proc.url}/-/ready", proc)
     return proc
+
+
+@dataclass
+class LocalStack:
+    """`make run`'s own Procfile under honcho, every port a free one."""
+
+    proc: Proc
+    env: dict[str, str]
+    key: str
+    base: str
+    printed: str
+
+    def stop(self) -> int | None:
+        self.proc.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        return self.proc.popen.wait(30)
+
+
+STACK_PORTS = (
+    "NGINX",
+    "DEMO",
+    "CHAT_PROXY",
+    "PROGRESS",
+    "LOG_TAIL",
+    "MOCK_UPSTREAM",
+    "LOCAL_REDIS",
+    "PROMETHEUS",
+)
+
+
+def start_local_stack(
+    run_dir: Path, log_dir: Path, extra: Mapping[str, str] | None = None
+) -> LocalStack:
+    env = {f"SLUICE_{name}_PORT": str(free_port()) for name in STACK_PORTS}
+    env["SLUICE_PROGRESS_WORKER_METRICS_PORT"] = "0"
+    env.update(extra or {})
+    printed = devstack.prepare(run_dir, env)
+    key = (run_dir / "dev-api-key").read_text().strip()
+    honcho = str(Path(sys.executable).parent / "honcho")
+    proc = start(
+        f"stack-{env['SLUICE_NGINX_PORT']}",
+        [honcho, "-f", str(run_dir / "Procfile"), "start"],
+        log_dir,
+        env,
+    )
+    stack = LocalStack(proc, env, key, f"http://127.0.0.1:{env['SLUICE_NGINX_PORT']}", printed)
+    try:
+        for name in ("DEMO", "CHAT_PROXY", "PROGRESS", "LOG_TAIL", "MOCK_UPSTREAM"):
+            wait_http(f"http://127.0.0.1:{env[f'SLUICE_{name}_PORT']}/readyz", proc, timeout=30)
+        wait_http(f"{stack.base}/healthz", proc, timeout=10)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
