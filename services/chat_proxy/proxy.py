@@ -29,7 +29,13 @@ from chat_proxy.metrics import (
 )
 from chat_proxy.settings import ChatSettings
 from chat_proxy.tokens import TokenBudget
-from chat_proxy.upstream import Upstream, UpstreamError, UpstreamResponse, make_upstream
+from chat_proxy.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+    make_upstream,
+    read_to_end,
+)
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.limits import caller_key
@@ -247,6 +253,7 @@ class Relay:
                     raise self._fail("reset", "the model server closed the stream before [DONE]")
             if self.upstream_failed:
                 raise StreamError("the model server sent an error event")
+            await read_to_end(chunks)  # after [DONE] went out: the connection is kept
         except UpstreamError as exc:
             raise self._fail(exc.kind, str(exc)) from None
         finally:
@@ -289,6 +296,7 @@ class Relay:
                         data={"finish_reason": self.finish_reason, "usage": self.usage},
                         text="",
                     )
+                    await read_to_end(chunks)
                     return
                 chunk = await self._next(chunks)
         finally:

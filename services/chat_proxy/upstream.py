@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Literal, Protocol
 
 import aiohttp
 import httpx
 
 ErrorKind = Literal["connect", "timeout", "reset", "status", "error_event", "protocol"]
+
+# After a stream's last event ([DONE]) only the body's terminator should follow, at once.
+EOF_GRACE_SECONDS = 0.5
+EOF_MAX_BYTES = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -232,6 +236,22 @@ def make_upstream(
     if kind == "httpx":
         return HttpxUpstream(base_url, connect, read, max_connections)
     return AiohttpUpstream(base_url, connect, read, max_connections)
+
+
+async def read_to_end(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a finished stream's body, so its connection can be reused.
+
+    Closing a response before its body's end drops the connection, and the next stream
+    then pays for a new one. Bounded by EOF_GRACE_SECONDS and EOF_MAX_BYTES: an upstream
+    that goes on after its last event loses the connection, not the caller's time.
+    """
+    left = EOF_MAX_BYTES
+    with suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(EOF_GRACE_SECONDS):
+            async for chunk in chunks:
+                left -= len(chunk)
+                if left <= 0:
+                    return
 
 
 async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:

@@ -21,6 +21,7 @@ class Entry:
     ended_at: float | None = None
     end: str | None = None  # completed, client_disconnect, error, ...
     extra_fields: list[str] = field(default_factory=list)  # body fields beyond the known
+    peer: str | None = None  # "host:port" of the connection that carried it
 
 
 class Ledger:

@@ -107,6 +107,8 @@ def build_router(runtime: Runtime) -> APIRouter:
             request_id, body.model, body.stream, principal.key_id if principal else None
         )
         entry.extra_fields = sorted(body.model_extra or {})
+        if request.client is not None:
+            entry.peer = f"{request.client.host}:{request.client.port}"
         if faults.status is not None:
             ledger.close(entry, f"status_{faults.status}")
             return _openai_error(faults.status, f"mock upstream failure {faults.status}")

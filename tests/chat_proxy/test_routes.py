@@ -84,6 +84,26 @@ async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream
     assert seen["end"] == "completed"
 
 
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+async def test_regression_each_stream_opened_a_new_upstream_connection(
+    mock_upstream: Proc, client: str
+) -> None:
+    # The relay stopped at [DONE] and closed the response before the body's terminator,
+    # which dropped the connection: every stream paid for a new TCP connection upstream.
+    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
+        for n in range(3):
+            result = await post(app, body(), rid=f"chat-reuse-{client}-{n}")
+            assert data_lines(result.text)[-1] == "[DONE]"
+        seed = await asgi.request(
+            app,
+            "/chat-stream?prompt=hi",
+            headers=[AUTH, ("x-request-id", f"chat-reuse-{client}-3")],
+        )
+        assert seed.status == 200
+    peers = {(await seen_by(mock_upstream, f"chat-reuse-{client}-{n}"))["peer"] for n in range(4)}
+    assert len(peers) == 1, peers
+
+
 async def test_usage_is_forwarded_when_asked(mock_upstream: Proc) -> None:
     async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
         result = await post(app, body(stream_options={"include_usage": True}))
