@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Literal, Protocol
 
@@ -52,30 +52,37 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Stalled(Exception):
+    pass
+
+
 class StallTimer:
     """Fails a body read after ``timeout`` seconds without a byte, with one lazily re-armed
-    timer per response (aiohttp's ``sock_read`` re-schedules a timer on every chunk)."""
+    timer per response (aiohttp's ``sock_read`` re-schedules a timer on every chunk).
 
-    def __init__(self, timeout: float) -> None:
+    A read that has waited ``timeout`` seconds for a byte is failed through ``on_stall``;
+    time spent not reading (the client was slow) never counts.
+    """
+
+    def __init__(self, timeout: float, on_stall: Callable[[], None]) -> None:
         self.timeout = timeout
+        self.on_stall = on_stall
         self.loop = asyncio.get_running_loop()
-        self.last = self.loop.time()
-        self.fired = False
-        self._task: asyncio.Task[object] | None = None
-        self._handle = self.loop.call_at(self.last + timeout, self._check)
+        self.since = self.loop.time()
+        self.waiting = False
+        self._handle = self.loop.call_at(self.since + timeout, self._check)
 
-    def waiting(self) -> None:
-        self._task = asyncio.current_task()
+    def reading(self) -> None:
+        self.waiting = True
+        self.since = self.loop.time()
 
     def got_bytes(self) -> None:
-        self._task = None
-        self.last = self.loop.time()
+        self.waiting = False
 
     def _check(self) -> None:
-        due = self.last + self.timeout
-        if self._task is not None and self.loop.time() >= due:
-            self.fired = True
-            self._task.cancel()
+        due = self.since + self.timeout
+        if self.waiting and self.loop.time() >= due:
+            self.on_stall()
         else:
             self._handle = self.loop.call_at(max(due, self.loop.time() + 0.01), self._check)
 
@@ -128,21 +135,18 @@ class _AiohttpResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        timer = StallTimer(self.read_timeout)
+        # A stall fails the pending read itself: no task to find or cancel on every chunk.
+        timer = StallTimer(self.read_timeout, lambda: content.set_exception(_Stalled()))
         try:
             while True:
-                timer.waiting()
-                try:
-                    chunk = await content.readany()
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if timer.fired and task is not None and task.uncancel() == 0:
-                        raise UpstreamError("timeout", "upstream stalled") from None
-                    raise
+                timer.reading()
+                chunk = await content.readany()
                 if not chunk:
                     return
                 timer.got_bytes()
                 yield chunk
+        except _Stalled:
+            raise UpstreamError("timeout", "upstream stalled") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 "reset", f"upstream connection lost: {type(exc).__name__}"
