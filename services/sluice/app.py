@@ -7,6 +7,7 @@ logs, ``/healthz`` and ``/readyz``, ``/metrics``, and the SIGTERM drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -64,6 +65,7 @@ def create_app(
                 stack.push_async_callback(runtime.redis.aclose)
             for resource in [*resources, *runtime.resources]:
                 await stack.enter_async_context(resource(app))
+            _tune_gc(settings.gc_threshold)
             log.info(
                 "service started",
                 extra={
@@ -117,6 +119,22 @@ def create_app(
         app.include_router(build(runtime))
     app.add_middleware(RequestContextMiddleware, on_done=runtime.observer.request_done)
     return app
+
+
+def _tune_gc(threshold: int) -> None:
+    """Keep the cyclic garbage collector off a streaming worker's hot path.
+
+    What startup built lives as long as the worker, so it is frozen out of every later
+    collection. CPython's young-generation threshold (700 allocations) makes a worker with
+    hundreds of open streams collect thousands of times a second, each pass walking every
+    stream's live objects: 7% of chat-proxy's CPU at 200 streams. Refcounting frees almost
+    all of it anyway; collections still run, just less often.
+    """
+    gc.collect()  # what is garbage now would never be collected once frozen
+    gc.freeze()
+    if threshold > 0:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(threshold, older, oldest)
 
 
 def _redis_ready(runtime: Runtime) -> ReadinessCheck:

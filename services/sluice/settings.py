@@ -37,6 +37,11 @@ class CoreSettings(BaseSettings):
     reconnect_retry_ms: int = Field(
         2000, ge=0, description="SSE `retry:` hint sent with the drain reconnect event."
     )
+    gc_threshold: int = Field(
+        20_000,
+        ge=0,
+        description="Allocations between young garbage collections (0: CPython's default).",
+    )
 
     # Auth
     api_keys: SecretStr | None = Field(None, description="Comma-separated API keys.")
