@@ -19,6 +19,9 @@ class SseSplitter:
         if end < 0:
             self._buffer = data
             return []
+        if end == len(data) - 2 and end > 0 and data.find(b"\n\n") == end:
+            self._buffer = b""
+            return [data]  # one whole event, the usual chunk of a token stream: no copies
         self._buffer = data[end + 2 :]
         return [frame + b"\n\n" for frame in data[:end].split(b"\n\n") if frame]
 

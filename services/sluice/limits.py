@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import uuid
@@ -61,6 +62,11 @@ def caller_key(request: Request) -> str:
         return f"key:{principal.key_id}"
     client = request.client
     return f"ip:{client.host if client else 'unknown'}"
+
+
+# slowapi asks for the key function's signature on every request; computed once, it is a
+# lookup instead of a walk through ``inspect`` (about 1% of a streaming worker's CPU).
+caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-defined]
 
 
 class RateLimits:

@@ -20,3 +20,14 @@ def test_data_of_single_multi_and_none() -> None:
     assert data_of(b"data: [DONE]\n\n") == b"[DONE]"
     assert data_of(b"event: e\ndata: a\ndata:b\n\n") == b"a\nb"
     assert data_of(b": ping\n\n") is None
+
+
+def test_splitter_passes_one_whole_event_through_as_is() -> None:
+    splitter = SseSplitter()
+    chunk = b'data: {"a":1}\n\n'
+    assert splitter.feed(chunk)[0] is chunk
+    assert splitter.pending == 0
+    assert splitter.feed(b"\n\n") == []
+    assert splitter.feed(b"data: x\n\n\n") == [b"data: x\n\n\n"]  # byte for byte
+    assert splitter.feed(b"data: y\n\ndata: z\n\n") == [b"data: y\n\n", b"data: z\n\n"]
+    assert splitter.pending == 0
