@@ -237,14 +237,15 @@ class Relay:
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
     ) -> AsyncIterator[bytes]:
         """The upstream's SSE, byte for byte (less a usage chunk the client did not ask for)."""
-        feed, inspect = SseSplitter().feed, self._inspect
+        splitter = SseSplitter()
+        relay = self._relay
         try:
-            out = inspect(feed(first))
+            out = relay(splitter, first)
             if out:
                 yield out
             if not self.ended:
                 async for chunk in chunks:  # the hot loop: one upstream read, one write
-                    out = inspect(feed(chunk))
+                    out = relay(splitter, chunk)
                     if out:
                         yield out
                     if self.ended:
@@ -314,6 +315,28 @@ class Relay:
         UPSTREAM_ERRORS.labels(self.proxy.service, kind).inc()
         return StreamError(message, last=error_frame(kind, message))
 
+    def _relay(self, splitter: SseSplitter, chunk: bytes) -> bytes:
+        """What the client gets of one upstream chunk."""
+        # A token stream's usual chunk is one whole one-line JSON event: looked at in place.
+        if (
+            chunk.startswith(b'data: {"')
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and not splitter.pending
+            and not chunk.startswith(b'data: {"error"')
+            and b'"usage":{' not in chunk
+        ):
+            self._count_token(chunk)
+            return chunk
+        return self._inspect(splitter.feed(chunk))
+
+    def _count_token(self, data: bytes) -> None:
+        at = data.find(_CONTENT)
+        if at >= 0:
+            value = data[at + len(_CONTENT) : at + len(_CONTENT) + 3].lstrip()
+            if value.startswith(b'"') and not value.startswith(b'""'):
+                self._token()
+
     def _inspect(self, frames: list[bytes]) -> bytes:
         out = []
         for frame in frames:
@@ -330,11 +353,7 @@ class Relay:
                 self.ended = self.upstream_failed = True
                 out.append(frame)
                 break
-            at = payload.find(_CONTENT)
-            if at >= 0:
-                value = payload[at + len(_CONTENT) : at + len(_CONTENT) + 3].lstrip()
-                if value.startswith(b'"') and not value.startswith(b'""'):
-                    self._token()
+            self._count_token(payload)
             if b'"usage":{' in payload:
                 with suppress(ValueError):
                     self.usage = json.loads(payload).get("usage") or self.usage

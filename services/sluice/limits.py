@@ -2,8 +2,8 @@
 
 Rates use slowapi's ``Limiter`` as a decorator on routes (never its ASGI middleware, which
 re-sends the response start on every chunk of a stream: slowapi #249). Storage is
-``memory://`` per worker, or Redis when ``SLUICE_REDIS_URL`` is set, so a limit holds
-across workers and replicas.
+in-process per worker (``sluice-memory://``, see :mod:`sluice.limit_storage`), or Redis
+when ``SLUICE_REDIS_URL`` is set, so a limit holds across workers and replicas.
 
 Stream caps are checked before a stream starts and released exactly once when it ends:
 
@@ -32,6 +32,7 @@ from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from starlette.responses import Response
 
+from sluice import limit_storage  # registers sluice-memory:// with limits
 from sluice.errors import ApiError, error_response
 from sluice.metrics import RATE_LIMITED
 from sluice.request_context import route_template
@@ -75,7 +76,7 @@ class RateLimits:
         parse_limit(settings.rate_limit)  # fail at startup on a bad SLUICE_RATE_LIMIT
         self.limiter = Limiter(
             key_func=caller_key,
-            storage_uri=settings.redis_url or "memory://",
+            storage_uri=settings.redis_url or f"{limit_storage.SCHEME}://",
             headers_enabled=True,
             key_prefix=f"sluice:{settings.service_name}",
             strategy="moving-window",

@@ -1,0 +1,95 @@
+"""The relay of a streamed completion, fed upstream bodies cut at every kind of boundary."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+from starlette.requests import Request
+
+from chat_proxy.proxy import ChatProxy, Relay
+from chat_proxy.settings import ChatSettings
+from sluice.runtime import Runtime
+
+pytestmark = pytest.mark.anyio
+
+
+def upstream_body(tokens: list[str], usage: bool) -> bytes:
+    def event(payload: object) -> bytes:
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
+        return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    events = [event(chunk({"role": "assistant", "content": ""})), b": keep-alive\n\n"]
+    events += [event(chunk({"content": t})) for t in tokens]
+    events.append(event(chunk({}, "stop")))
+    if usage:
+        total = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3}
+        events.append(event({"id": "c", "choices": [], "usage": total}))
+    events.append(b"data: [DONE]\n\n")
+    return b"".join(events)
+
+
+class _Response:
+    status = 200
+
+    def header(self, name: str) -> str | None:
+        return None
+
+    async def read(self) -> bytes:
+        return b""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+async def run_relay(pieces: list[bytes], wants_usage: bool) -> tuple[bytes, Relay]:
+    settings = ChatSettings(api_keys=SecretStr("sk-relay-test-000000000000000000"))
+    proxy = ChatProxy(Runtime.create(settings))
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": []})
+    relay = Relay(proxy, request, "mock-gpt", client_wants_usage=wants_usage)
+
+    async def rest() -> AsyncIterator[bytes]:
+        for piece in pieces[1:]:
+            yield piece
+
+    out = [part async for part in relay.passthrough(pieces[0], rest(), _Response())]
+    return b"".join(out), relay
+
+
+def cuts(body: bytes, how: str, rng: random.Random) -> list[bytes]:
+    if how == "whole":
+        return [body]
+    if how == "events":  # one event a chunk, as servers write them
+        return [e + b"\n\n" for e in body.split(b"\n\n") if e]
+    points = sorted(rng.sample(range(1, len(body)), 12))
+    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+
+
+@pytest.mark.parametrize("how", ["events", "whole", "random"])
+@pytest.mark.parametrize("wants_usage", [True, False])
+async def test_every_cut_relays_the_same_bytes_and_counts_the_same(
+    how: str, wants_usage: bool
+) -> None:
+    tokens = ["Hello", ",", " world", "", ' "quoted"', " \u00e9t\u00e9"]
+    body = upstream_body(tokens, usage=True)
+    rng = random.Random(7)
+    for _ in range(20 if how == "random" else 1):
+        out, relay = await run_relay(cuts(body, how, rng), wants_usage)
+        expected = body if wants_usage else body.replace(usage_event(body), b"")
+        assert out == expected
+        assert relay.completion == 5  # the empty delta is not a token
+        assert relay.usage == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 3}
+        assert relay.ended and not relay.upstream_failed
+
+
+
+def usage_event(body: bytes) -> bytes:
+    return next(e + b"\n\n" for e in body.split(b"\n\n") if b'"usage"' in e)
