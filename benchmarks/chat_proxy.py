@@ -1,9 +1,12 @@
 """chat-proxy's cost per stream, measured against direct and a bare pass-through, in one run.
 
     .venv/bin/python -m benchmarks.chat_proxy [--tokens 50] [--delay 0.02] [--levels 50,200]
+                                              [--rounds 3] [--burst]
 
 Starts the mock upstream (2 workers), then for each concurrency level streams
-``4 x level`` completions of ``--tokens`` tokens through each path:
+``4 x level`` completions of ``--tokens`` tokens through each path, in ``--rounds``
+interleaved rounds (direct, bare, chat-proxy, ... then again), so that a noisy neighbour
+on a shared machine hits every path alike:
 
 * direct to the mock upstream;
 * a bare aiohttp forwarder (benchmarks/bare_forwarder.py): the floor for any proxy;
@@ -11,8 +14,16 @@ Starts the mock upstream (2 workers), then for each concurrency level streams
 * the same with httpx as upstream client;
 * nginx in front of chat-proxy (aiohttp).
 
-Prints TTFT p50/p99 (request sent to first content token), inter-token p99, the proxy's CPU
-seconds per 1,000 streams (from /proc, master and workers), errors, and the worker's RSS.
+Each of ``level`` clients runs streams back to back. By default the clients start spread
+over one stream's duration, so ``level`` streams are open at any moment and arrivals are
+steady, as with real traffic; ``--burst`` starts them all at once, so every round opens
+``level`` streams in the same millisecond (a thundering herd: TTFT then measures queueing
+behind the whole burst).
+
+Prints TTFT p50/p99 (request sent to first content token, pooled over rounds), inter-token
+p99, the proxy's CPU seconds per 1,000 streams (from /proc, master and workers; median of
+the rounds) and its ratio to the bare forwarder's (median of the per-round ratios), errors,
+and the worker's RSS.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +60,12 @@ class Run:
     ttft: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     errors: int = 0
+    cpu: list[float] = field(default_factory=list)  # CPU s per 1,000 streams, one per round
+
+    def add(self, other: Run) -> None:
+        self.ttft += other.ttft
+        self.gaps += other.gaps
+        self.errors += other.errors
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: bytes, run: Run, tokens: int) -> None:
@@ -79,7 +97,10 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, run: Run, t
         run.errors += 1
 
 
-async def drive(url: str, concurrency: int, streams: int, tokens: int, delay: float) -> Run:
+async def drive(
+    url: str, concurrency: int, streams: int, tokens: int, delay: float, spread: float = 0.0
+) -> Run:
+    """``streams`` streams from ``concurrency`` clients, started ``spread`` seconds apart in all."""
     run = Run()
     body = json.dumps(
         {
@@ -93,39 +114,56 @@ async def drive(url: str, concurrency: int, streams: int, tokens: int, delay: fl
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         queue = list(range(streams))
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
+            await asyncio.sleep(spread * n / concurrency)
             while queue:
                 queue.pop()
                 await one(session, url, body, run, tokens)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return run
 
 
-def measure(
-    name: str, url: str, procs: list[Proc], args: argparse.Namespace, level: int, direct: Run | None
-) -> tuple[list[str], Run]:
-    asyncio.run(drive(url, min(level, 20), 40, args.tokens, args.delay))  # warm up
+@dataclass
+class Target:
+    name: str
+    url: str
+    procs: list[Proc]
+    run: Run = field(default_factory=Run)
+
+
+def one_round(path: Target, args: argparse.Namespace, level: int) -> None:
+    """``4 x level`` streams through one path; its CPU (per 1,000 streams) and samples."""
     streams = level * 4
-    cpu_before = sum(cpu_seconds(p.pid) for p in procs)
-    run = asyncio.run(drive(url, level, streams, args.tokens, args.delay))
-    cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
-    ttft50, ttft99 = percentile(run.ttft, 0.5), percentile(run.ttft, 0.99)
-    added = "" if direct is None else f"{(ttft99 - percentile(direct.ttft, 0.99)) * 1000:+.1f}"
-    workers = [c for p in procs for c in children(p.pid)] or [p.pid for p in procs]
-    rss = max((rss_mb(pid) for pid in workers), default=0.0) if procs else 0.0
-    row = [
-        name,
+    spread = 0.0 if args.burst else args.tokens * args.delay
+    cpu_before = sum(cpu_seconds(p.pid) for p in path.procs)
+    run = asyncio.run(drive(path.url, level, streams, args.tokens, args.delay, spread))
+    cpu = sum(cpu_seconds(p.pid) for p in path.procs) - cpu_before
+    path.run.add(run)
+    path.run.cpu.append(cpu / streams * 1000)
+
+
+def row(path: Target, level: int, direct: Run, bare: Run | None) -> list[str]:
+    run = path.run
+    ttft99 = percentile(run.ttft, 0.99)
+    added = "" if run is direct else f"{(ttft99 - percentile(direct.ttft, 0.99)) * 1000:+.1f}"
+    workers = [c for p in path.procs for c in children(p.pid)] or [p.pid for p in path.procs]
+    rss = max((rss_mb(pid) for pid in workers), default=0.0)
+    ratio = ""
+    if bare is not None and run is not bare and path.procs:
+        ratio = f"{statistics.median(c / b for c, b in zip(run.cpu, bare.cpu, strict=True)):.2f}x"
+    return [
+        path.name,
         str(level),
-        f"{ttft50 * 1000:.1f}",
+        f"{percentile(run.ttft, 0.5) * 1000:.1f}",
         f"{ttft99 * 1000:.1f}",
         added,
         f"{percentile(run.gaps, 0.99) * 1000:.1f}",
-        f"{cpu / streams * 1000:.2f}" if procs else "-",
+        f"{statistics.median(run.cpu):.2f}" if path.procs else "-",
+        ratio,
         str(run.errors),
-        f"{rss:.0f}" if procs else "-",
+        f"{rss:.0f}" if path.procs else "-",
     ]
-    return row, run
 
 
 def main() -> None:
@@ -133,6 +171,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--levels", default="50,200")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--burst", action="store_true", help="start every client at once")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     quiet = {"SLUICE_LOG_LEVEL": "WARNING"}
@@ -176,21 +216,26 @@ def main() -> None:
         rows = []
         with running(nginx, bare, chat_httpx, chat_aiohttp, mock):
             for level in levels:
-                path = "/v1/chat/completions"
-                row, direct = measure(
-                    "direct (mock upstream)", mock.url + path, [], args, level, None
-                )
-                rows.append(row)
-                for name, url, procs in (
-                    ("bare aiohttp forwarder", bare.url + path, [bare]),
-                    ("chat-proxy (aiohttp)", chat_aiohttp.url + path, [chat_aiohttp]),
-                    ("chat-proxy (httpx)", chat_httpx.url + path, [chat_httpx]),
-                    ("nginx + chat-proxy (aiohttp)", nginx.url + path, [chat_aiohttp]),
-                ):
-                    rows.append(measure(name, url, procs, args, level, direct)[0])
+                route = "/v1/chat/completions"
+                paths = [
+                    Target("direct (mock upstream)", mock.url + route, []),
+                    Target("bare aiohttp forwarder", bare.url + route, [bare]),
+                    Target("chat-proxy (aiohttp)", chat_aiohttp.url + route, [chat_aiohttp]),
+                    Target("chat-proxy (httpx)", chat_httpx.url + route, [chat_httpx]),
+                    Target("nginx + chat-proxy (aiohttp)", nginx.url + route, [chat_aiohttp]),
+                ]
+                for path in paths:  # warm up: pools, imports, caches
+                    asyncio.run(drive(path.url, min(level, 20), 40, args.tokens, args.delay))
+                for _ in range(args.rounds):
+                    for path in paths:
+                        one_round(path, args, level)
+                direct, bare_run = paths[0].run, paths[1].run
+                rows += [row(path, level, direct, bare_run) for path in paths]
+    arrivals = "all clients at once (--burst)" if args.burst else "clients spread (steady)"
     print(
         f"{args.tokens} tokens per stream, {args.delay * 1000:.0f} ms apart; "
-        f"4 x concurrency streams per row; one proxy worker"
+        f"{args.rounds} rounds of 4 x concurrency streams per path; {arrivals}; "
+        "one proxy worker"
     )
     print(
         table(
@@ -202,6 +247,7 @@ def main() -> None:
                 "p99 vs direct",
                 "ITL p99 ms",
                 "CPU s/1k streams",
+                "CPU vs bare",
                 "errors",
                 "RSS MB",
             ],
