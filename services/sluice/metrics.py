@@ -22,6 +22,26 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import values as _values
+
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    return _pid
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every multiprocess write asks for the pid, to notice a fork: a getpid() system call
+    # per counter increment. The pid is kept here instead and refreshed in a forked child.
+    # Set before any metric has a value (values are made per label set, at first use).
+    os.register_at_fork(after_in_child=_after_fork)
+    _values.ValueClass = _values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
 
 # From 5 ms to an hour: streams live from a blink to a long-running follow.
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
