@@ -186,8 +186,11 @@ class ProgressUser(HttpUser):
             ) as full:
                 if not usable(self.environment, full):
                     continue
-                expected = [e["id"] for e in sse_events(full.text.split("\n")) if "id" in e]
-                break
+                copy = list(sse_events(full.text.split("\n")))
+            if not any(e.get("event") in ("complete", "failed", "cancelled") for e in copy):
+                continue  # a drain ended the copy early (a reconnect hint): fetch it again
+            expected = [e["id"] for e in copy if "id" in e]
+            break
         lost = seen != expected
         report(
             self.environment,

@@ -31,7 +31,7 @@ from sluice.drain import DrainPolicy
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import HEARTBEAT, StreamFormat, encode
-from sluice.request_context import request_info, route_template
+from sluice.request_context import body_send, request_info, route_template
 
 if TYPE_CHECKING:
     from sluice.limits import Slot
@@ -138,6 +138,7 @@ class StreamResponse(Response):
         self.drain_policy: DrainPolicy = drain
         self.reason: EndReason | None = None
         self.events_sent = 0
+        self.bytes_sent = 0
         self._first_byte: float | None = None
         self._watchdog: _SendWatchdog
         self._failure: StreamError | None = None
@@ -156,15 +157,16 @@ class StreamResponse(Response):
         log.info("stream started", extra={"route": route, "stream_format": self.fmt.value})
         reason = EndReason.ERROR
         tasks: list[asyncio.Task[None]] = []
+        body = body_send(scope, send)  # the start goes through every layer, the body need not
         try:
             start = {"status": self.status_code, "headers": self.raw_headers}
             await self._send(send, {"type": "http.response.start", **start})
-            pump = loop.create_task(self._pump(send))
+            pump = loop.create_task(self._pump(body))
             listener = loop.create_task(_wait_disconnect(receive))
             tasks = [pump, listener]
             heartbeat = None
             if self.fmt is StreamFormat.SSE and settings.heartbeat_interval > 0:
-                heartbeat = loop.create_task(self._heartbeat(send, settings.heartbeat_interval))
+                heartbeat = loop.create_task(self._heartbeat(body, settings.heartbeat_interval))
                 tasks.append(heartbeat)
             waiting = [*tasks, drain_turn, watchdog.stalled]
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -193,7 +195,7 @@ class StreamResponse(Response):
         try:
             if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN) and not abort:
                 async with asyncio.timeout(settings.send_timeout):
-                    await self._finish(send, reason)
+                    await self._finish(body, reason)
         except TimeoutError:
             pass
         finally:
@@ -226,8 +228,11 @@ class StreamResponse(Response):
             await send(message)
         finally:
             watchdog.end()
-        if self._first_byte is None and message.get("body"):
-            self._first_byte = time.perf_counter()
+        body = message.get("body")
+        if body:
+            self.bytes_sent += len(body)
+            if self._first_byte is None:
+                self._first_byte = time.perf_counter()
 
     async def _finish(self, send: Send, reason: EndReason) -> None:
         last: Event | bytes | None = None
@@ -257,6 +262,7 @@ class StreamResponse(Response):
         }
         if info is not None:
             info.stream.update(fields)
+            info.bytes_sent += self.bytes_sent  # sent past the access log's own counting
             ttfb = None if self._first_byte is None else self._first_byte - info.started
         else:
             ttfb = None

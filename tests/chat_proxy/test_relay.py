@@ -90,6 +90,5 @@ async def test_every_cut_relays_the_same_bytes_and_counts_the_same(
         assert relay.ended and not relay.upstream_failed
 
 
-
 def usage_event(body: bytes) -> bytes:
     return next(e + b"\n\n" for e in body.split(b"\n\n") if b'"usage"' in e)

@@ -79,7 +79,7 @@ def test_no_threads_are_started(clock: Clock) -> None:
     before = threading.active_count()
     limiter = MovingWindowRateLimiter(LoopMemoryStorage())
     item = parse("1000/second")
-    for n in range(200):
+    for _ in range(200):
         clock.now += 0.02
         limiter.hit(item, "k")
     assert threading.active_count() == before

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -227,3 +229,55 @@ async def test_drain_sends_reconnect_event_within_window() -> None:
         'event: reconnect\ndata: {"reason":"drain","retry_ms":1500}\nretry: 1500\n\n'
     )
     assert result.completed
+
+
+class ChunkCounter:
+    """A user's middleware, added after create_app: it must see every body chunk."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.bodies.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_stream_body_reaches_outer_middleware_and_the_access_log_counts_it() -> None:
+    # Body chunks skip the layers inside the core's request middleware (they only look at
+    # the response start); middleware outside it, and the access log's byte count, see all.
+    probe = Probe()
+    app = make_app(probe)
+    seen: list[ChunkCounter] = []
+
+    def counter(inner: Any) -> ChunkCounter:
+        seen.append(ChunkCounter(inner))
+        return seen[-1]
+
+    app.add_middleware(counter)
+    records = Records()
+    access = logging.getLogger("sluice.access")
+    access.addHandler(records)
+    try:
+        async with asgi.lifespan(app):
+            result = await asgi.request(app, "/ticks?count=5")
+    finally:
+        access.removeHandler(records)
+    assert result.status == 200
+    assert b"".join(seen[0].bodies) == result.body
+    assert len([b for b in seen[0].bodies if b]) == 5
+    (line,) = [r for r in records.records if getattr(r, "route", None) == "/ticks"]
+    assert line.bytes == len(result.body) > 0  # type: ignore[attr-defined]
