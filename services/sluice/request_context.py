@@ -97,6 +97,9 @@ class RequestContextMiddleware:
             if log.isEnabledFor(logging.INFO):
                 _log_request(scope, info, duration)
             request_id_var.reset(token)
+            # The server's send refers back to the scope: leaving it there would make every
+            # request a reference cycle, freed only by the garbage collector.
+            del scope[BODY_SEND]
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from sluice.app import create_app
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
+from sluice.request_context import BODY_SEND
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 from sluice.streaming import EndReason, StreamResponse, stream
@@ -281,3 +282,25 @@ async def test_stream_body_reaches_outer_middleware_and_the_access_log_counts_it
     assert len([b for b in seen[0].bodies if b]) == 5
     (line,) = [r for r in records.records if getattr(r, "route", None) == "/ticks"]
     assert line.bytes == len(result.body) > 0  # type: ignore[attr-defined]
+
+
+async def test_regression_every_request_left_a_reference_cycle_through_its_scope() -> None:
+    # The body send published in the scope refers back to the scope (the server's send is
+    # a method of the object holding it): left there, every request became a cycle that only
+    # the garbage collector could free, and worker memory grew between collections.
+    scopes: list[dict[str, Any]] = []
+
+    def recorder(inner: Any) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            scopes.append(scope)
+            await inner(scope, receive, send)
+
+        return app
+
+    app = make_app(Probe())
+    app.add_middleware(recorder)
+    async with asgi.lifespan(app):
+        result = await asgi.request(app, "/ticks?count=2")
+    assert result.status == 200
+    http = [s for s in scopes if s["type"] == "http"]
+    assert http and all(BODY_SEND not in s for s in http)
