@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Literal, Protocol
 
 import aiohttp
@@ -99,8 +100,13 @@ class AiohttpUpstream:
         )
         # No sock_read: body stalls are watched by StallTimer, headers by asyncio.timeout.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+        # One session serves every caller: cookies an upstream sets must not travel from one
+        # caller's request to the next (DummyCookieJar keeps none, and costs nothing).
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def request(
@@ -177,6 +183,7 @@ class HttpxUpstream:
         self.base_url = base_url.rstrip("/")
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect, read=read, write=connect, pool=connect),
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # keeps none
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),

@@ -1,12 +1,14 @@
-"""The upstream client's own pieces: the stall timer."""
+"""The upstream client's own pieces: the stall timer, the pooled clients."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from aiohttp import web
 
-from chat_proxy.upstream import StallTimer
+from chat_proxy.upstream import StallTimer, make_upstream
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -43,3 +45,37 @@ async def test_stall_timer_is_rearmed_by_each_byte() -> None:
         timer.got_bytes()
     assert not stalled.is_set()
     timer.stop()
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+async def test_regression_cookies_an_upstream_set_went_out_with_the_next_callers_request(
+    client: str,
+) -> None:
+    # One pooled client serves every caller: a Set-Cookie from the model server (a load
+    # balancer's session cookie, say) was kept and sent with other callers' requests.
+    seen: list[str | None] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie"))
+        response = web.json_response({"ok": True})
+        response.set_cookie("session", "caller-one")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # By name, not address: aiohttp's default jar ignores cookies from bare IP addresses.
+    upstream = make_upstream(client, f"http://localhost:{port}/v1", 2.0, 2.0, 4)
+    try:
+        for _ in range(2):
+            response = await upstream.request("POST", "/chat/completions", b"{}", {})
+            assert response.header("set-cookie") is not None
+            await response.read()
+            await response.close()
+    finally:
+        await upstream.aclose()
+        await runner.cleanup()
+    assert seen == [None, None]
