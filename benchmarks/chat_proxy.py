@@ -1,7 +1,7 @@
 """chat-proxy's cost per stream, measured against direct and a bare pass-through, in one run.
 
     .venv/bin/python -m benchmarks.chat_proxy [--tokens 50] [--delay 0.02] [--levels 50,200]
-                                              [--rounds 3] [--burst]
+                                              [--rounds 5] [--burst]
 
 Starts the mock upstream (2 workers), then for each concurrency level streams
 ``4 x level`` completions of ``--tokens`` tokens through each path, in ``--rounds``
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--levels", default="50,200")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", action="store_true", help="start every client at once")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
