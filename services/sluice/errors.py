@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from sluice.request_context import REQUEST_ID_HEADER, request_info
+
 log = logging.getLogger("sluice.errors")
 
 _TYPES = {
@@ -96,9 +98,15 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(422, "validation_error", f"invalid request: {summary}", None, details)
 
 
-async def _unhandled(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    # Starlette's outermost middleware sends this, after the request middleware is done:
+    # the request id comes from the scope, where that middleware left it.
+    info = request_info(request.scope)
+    request_id = info.request_id if info is not None else None
+    extra = {"request_id": request_id} if request_id else None
+    log.exception("unhandled error", exc_info=exc, extra=extra)
+    headers = {REQUEST_ID_HEADER.decode(): request_id} if request_id else None
+    return error_response(500, "internal_error", "internal server error", headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -91,6 +91,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if info.status == 0:
+                info.status = 500  # what Starlette's outermost middleware answers
+            raise
         finally:
             duration = time.perf_counter() - info.started
             self.on_done(scope["method"], route_template(scope), info.status, duration)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from fastapi import APIRouter
 
 from sluice.app import create_app
+from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 from tests.support import asgi
 
@@ -37,3 +41,68 @@ async def test_gc_threshold_zero_keeps_cpythons_default() -> None:
     gc.set_threshold(700, 10, 10)
     async with asgi.lifespan(create_app(CoreSettings(gc_threshold=0), title="gc")):
         assert gc.get_threshold() == (700, 10, 10)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_request_id() -> (
+    None
+):
+    # The 500 comes from Starlette's outermost middleware, outside the request middleware:
+    # the access log said status 0 (and so did the request metric's label), and neither
+    # the 500 nor its error log line carried the request id.
+    def build(runtime: Runtime) -> APIRouter:
+        router = APIRouter()
+
+        @router.get("/boom")
+        async def boom() -> None:
+            raise RuntimeError("a bug")
+
+        return router
+
+    app = create_app(CoreSettings(public_routes="/boom"), title="boom", routers=[build])
+    records = Records()
+    for name in ("sluice.access", "sluice.errors"):
+        logging.getLogger(name).addHandler(records)
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/boom",
+        "raw_path": b"/boom",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"x-request-id", b"boom-1")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    try:
+        async with asgi.lifespan(app):
+            with pytest.raises(RuntimeError):
+                await app(scope, receive, send)
+    finally:
+        for name in ("sluice.access", "sluice.errors"):
+            logging.getLogger(name).removeHandler(records)
+    assert messages[0]["status"] == 500
+    assert (b"x-request-id", b"boom-1") in messages[0]["headers"]
+    (access,) = [r for r in records.records if r.name == "sluice.access"]
+    assert access.status == 500  # type: ignore[attr-defined]
+    (error,) = [r for r in records.records if r.name == "sluice.errors"]
+    assert error.request_id == "boom-1"  # type: ignore[attr-defined]
