@@ -103,7 +103,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
             # The server's send refers back to the scope: leaving it there would make every
             # request a reference cycle, freed only by the garbage collector.
-            del scope[BODY_SEND]
+            scope.pop(BODY_SEND, None)
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from fastapi import APIRouter
 from sluice.app import create_app
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
-from tests.support import asgi
+from tests.support import asgi, logs
 
 pytestmark = pytest.mark.anyio
 
@@ -43,15 +42,6 @@ async def test_gc_threshold_zero_keeps_cpythons_default() -> None:
         assert gc.get_threshold() == (700, 10, 10)
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_request_id() -> (
     None
 ):
@@ -68,9 +58,6 @@ async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_
         return router
 
     app = create_app(CoreSettings(public_routes="/boom"), title="boom", routers=[build])
-    records = Records()
-    for name in ("sluice.access", "sluice.errors"):
-        logging.getLogger(name).addHandler(records)
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -93,16 +80,13 @@ async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
-    try:
+    with logs.captured("sluice.access", "sluice.errors") as records:
         async with asgi.lifespan(app):
             with pytest.raises(RuntimeError):
                 await app(scope, receive, send)
-    finally:
-        for name in ("sluice.access", "sluice.errors"):
-            logging.getLogger(name).removeHandler(records)
     assert messages[0]["status"] == 500
     assert (b"x-request-id", b"boom-1") in messages[0]["headers"]
-    (access,) = [r for r in records.records if r.name == "sluice.access"]
+    (access,) = [r for r in records if r.name == "sluice.access"]
     assert access.status == 500  # type: ignore[attr-defined]
-    (error,) = [r for r in records.records if r.name == "sluice.errors"]
+    (error,) = [r for r in records if r.name == "sluice.errors"]
     assert error.request_id == "boom-1"  # type: ignore[attr-defined]

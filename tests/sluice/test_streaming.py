@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from sluice.request_context import BODY_SEND
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 from sluice.streaming import EndReason, StreamResponse, stream
-from tests.support import asgi
+from tests.support import asgi, logs
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.anyio
@@ -248,15 +247,6 @@ class ChunkCounter:
         await self.app(scope, receive, counting)
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def test_stream_body_reaches_outer_middleware_and_the_access_log_counts_it() -> None:
     # Body chunks skip the layers inside the core's request middleware (they only look at
     # the response start); middleware outside it, and the access log's byte count, see all.
@@ -269,18 +259,13 @@ async def test_stream_body_reaches_outer_middleware_and_the_access_log_counts_it
         return seen[-1]
 
     app.add_middleware(counter)
-    records = Records()
-    access = logging.getLogger("sluice.access")
-    access.addHandler(records)
-    try:
+    with logs.captured("sluice.access") as records:
         async with asgi.lifespan(app):
             result = await asgi.request(app, "/ticks?count=5")
-    finally:
-        access.removeHandler(records)
     assert result.status == 200
     assert b"".join(seen[0].bodies) == result.body
     assert len([b for b in seen[0].bodies if b]) == 5
-    (line,) = [r for r in records.records if getattr(r, "route", None) == "/ticks"]
+    (line,) = [r for r in records if getattr(r, "route", None) == "/ticks"]
     assert line.bytes == len(result.body) > 0  # type: ignore[attr-defined]
 
 
