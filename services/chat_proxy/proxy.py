@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -46,7 +47,8 @@ from sluice.streaming import EndReason, StreamError
 
 log = logging.getLogger("chat_proxy")
 
-_CONTENT = b'"content":'
+# A delta with text: a JSON string value that is not empty ("content":null is no token).
+_TEXT_DELTA = re.compile(rb'"content":\s*"[^"]')
 
 
 class ChatProxy:
@@ -319,23 +321,17 @@ class Relay:
         """What the client gets of one upstream chunk."""
         # A token stream's usual chunk is one whole one-line JSON event: looked at in place.
         if (
-            chunk.startswith(b'data: {"')
-            and chunk.find(b"\n") == len(chunk) - 2
+            chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
+            and chunk.startswith(b'data: {"')
             and not splitter.pending
-            and not chunk.startswith(b'data: {"error"')
             and b'"usage":{' not in chunk
+            and not chunk.startswith(b'data: {"error"')
         ):
-            self._count_token(chunk)
+            if _TEXT_DELTA.search(chunk) is not None:
+                self._token()
             return chunk
         return self._inspect(splitter.feed(chunk))
-
-    def _count_token(self, data: bytes) -> None:
-        at = data.find(_CONTENT)
-        if at >= 0:
-            value = data[at + len(_CONTENT) : at + len(_CONTENT) + 3].lstrip()
-            if value.startswith(b'"') and not value.startswith(b'""'):
-                self._token()
 
     def _inspect(self, frames: list[bytes]) -> bytes:
         out = []
@@ -353,7 +349,8 @@ class Relay:
                 self.ended = self.upstream_failed = True
                 out.append(frame)
                 break
-            self._count_token(payload)
+            if _TEXT_DELTA.search(payload) is not None:
+                self._token()
             if b'"usage":{' in payload:
                 with suppress(ValueError):
                     self.usage = json.loads(payload).get("usage") or self.usage

@@ -201,7 +201,7 @@ class Authenticator:
         return "this route needs an API key: send Authorization: Bearer <key>"
 
     def authenticate(self, request: Request) -> Principal | None:
-        for name in request.query_params:
+        for name in request.query_params if request.scope["query_string"] else ():
             if name.lower() in CREDENTIAL_PARAMS:
                 raise _unauthorized(
                     "key_in_url",

@@ -73,21 +73,24 @@ class _SendWatchdog:
         self.loop = loop
         self.timeout = timeout
         self.stalled: asyncio.Future[None] = loop.create_future()
+        self._time = loop.time
         self.last_write = loop.time()
         self._since: float | None = None  # when the oldest write in flight began
         self._in_flight = 0
         self._timer = loop.call_at(self.last_write + timeout, self._check)
 
-    def begin(self) -> None:
+    async def send(self, send: Send, message: Message) -> None:
+        """One write, watched (the pump's per-chunk path: kept to one call)."""
         if self._in_flight == 0:
-            self._since = self.loop.time()
+            self._since = self._time()
         self._in_flight += 1
-
-    def end(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._since = None
-            self.last_write = self.loop.time()
+        try:
+            await send(message)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._since = None
+                self.last_write = self._time()
 
     def _check(self) -> None:
         since = self._since
@@ -154,7 +157,8 @@ class StreamResponse(Response):
         observer = self.runtime.observer
         observer.stream_started(route)
         # Streams can live for hours: say when one opens, not only when it ends.
-        log.info("stream started", extra={"route": route, "stream_format": self.fmt.value})
+        if log.isEnabledFor(logging.INFO):
+            log.info("stream started", extra={"route": route, "stream_format": self.fmt.value})
         reason = EndReason.ERROR
         tasks: list[asyncio.Task[None]] = []
         body = body_send(scope, send)  # the start goes through every layer, the body need not
@@ -205,10 +209,14 @@ class StreamResponse(Response):
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt
+        watched = self._watchdog.send
         async for item in self.events:
             body = item if type(item) is bytes else encode(item, fmt)  # type: ignore[arg-type]
-            await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
+            await watched(send, {"type": "http.response.body", "body": body, "more_body": True})
             self.events_sent += 1
+            self.bytes_sent += len(body)
+            if self._first_byte is None:
+                self._first_byte = time.perf_counter()
 
     async def _heartbeat(self, send: Send, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -222,12 +230,7 @@ class StreamResponse(Response):
 
     async def _send(self, send: Send, message: Message) -> None:
         """One write, watched: the watchdog ends the stream if it blocks too long."""
-        watchdog = self._watchdog
-        watchdog.begin()
-        try:
-            await send(message)
-        finally:
-            watchdog.end()
+        await self._watchdog.send(send, message)
         body = message.get("body")
         if body:
             self.bytes_sent += len(body)
@@ -267,7 +270,8 @@ class StreamResponse(Response):
         else:
             ttfb = None
         self.runtime.observer.stream_ended(route, reason.value, duration, self.events_sent, ttfb)
-        log.debug("stream ended", extra={"route": route, **fields})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream ended", extra={"route": route, **fields})
         for callback in self.on_end:
             try:
                 callback(reason)
