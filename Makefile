@@ -28,7 +28,7 @@ venv: $(STAMP)
 # Each entry is command:debian-package.
 RUN_DEPS := nginx:nginx-light
 TEST_DEPS := $(RUN_DEPS) redis-server:redis-server chromium:chromium kubectl:kubectl \
-	docker-compose:docker-compose promtool:prometheus
+	docker-compose:docker-compose promtool:prometheus openssl:openssl
 define install_missing
 	@missing=""; \
 	for entry in $(1); do \

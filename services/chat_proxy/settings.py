@@ -13,8 +13,8 @@ class ChatSettings(CoreSettings):
         "http://127.0.0.1:8009/v1", description="OpenAI-compatible base URL (…/v1)."
     )
     upstream_api_key: SecretStr | None = Field(None, description="Key sent to the upstream.")
-    upstream_client: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="HTTP client for the upstream (chosen by benchmarks/chat_proxy.py)."
+    upstream_client: Literal["native", "aiohttp", "httpx"] = Field(
+        "native", description="HTTP client for the upstream (chosen by benchmarks/chat_proxy.py)."
     )
     upstream_connect_timeout: float = Field(5.0, gt=0)
     upstream_read_timeout: float = Field(

@@ -1,7 +1,8 @@
-"""The upstream HTTP client: one pool per worker, two implementations behind one interface.
+"""The upstream HTTP client: one pool per worker, three implementations behind one interface.
 
-``benchmarks/chat_proxy.py`` measures both under the same load; the default
-(``SLUICE_UPSTREAM_CLIENT``) is the one that measured leaner. Failures are reported as
+``native`` (:mod:`chat_proxy.http1`), aiohttp and httpx; ``benchmarks/chat_proxy.py``
+measures them under the same load, and the default (``SLUICE_UPSTREAM_CLIENT``) is the one
+that measured leanest. Failures are reported as
 :class:`UpstreamError` with a ``kind`` that metrics and error mapping use.
 """
 
@@ -15,6 +16,8 @@ from typing import Literal, Protocol
 
 import aiohttp
 import httpx
+
+from chat_proxy.http1 import Http1Error, Http1Pool, Http1Response
 
 ErrorKind = Literal["connect", "timeout", "reset", "status", "error_event", "protocol"]
 
@@ -178,6 +181,68 @@ class _AiohttpResponse:
             self._response.close()
 
 
+class NativeUpstream:
+    """The lean client (:mod:`chat_proxy.http1`): the default, by measurement."""
+
+    def __init__(self, base_url: str, connect: float, read: float, max_connections: int) -> None:
+        self.pool = Http1Pool(base_url, connect, max_connections)
+        self.read_timeout = read
+
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                response = await self.pool.request(method, path, headers, body)
+        except TimeoutError:
+            raise UpstreamError("timeout", "upstream did not answer in time") from None
+        except Http1Error as exc:
+            raise UpstreamError(exc.kind, str(exc)) from None
+        return _NativeResponse(response, self.read_timeout)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+class _NativeResponse:
+    def __init__(self, response: Http1Response, read_timeout: float) -> None:
+        self._response = response
+        self.status = response.status
+        self.read_timeout = read_timeout
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name.lower())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        response = self._response
+        stalled = Http1Error("timeout", "upstream stalled")
+        timer = StallTimer(self.read_timeout, lambda: response.fail(stalled))
+        try:
+            while True:
+                timer.reading()
+                chunk = await response.read_chunk()
+                if not chunk:
+                    return
+                timer.got_bytes()
+                yield chunk
+        except Http1Error as exc:
+            raise UpstreamError(exc.kind, str(exc)) from None
+        finally:
+            timer.stop()
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await self._response.read()
+        except TimeoutError:
+            raise UpstreamError("timeout", "upstream stalled") from None
+        except Http1Error as exc:
+            raise UpstreamError(exc.kind, str(exc)) from None
+
+    async def close(self) -> None:
+        self._response.close()
+
+
 class HttpxUpstream:
     def __init__(self, base_url: str, connect: float, read: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
@@ -246,7 +311,9 @@ def make_upstream(
 ) -> Upstream:
     if kind == "httpx":
         return HttpxUpstream(base_url, connect, read, max_connections)
-    return AiohttpUpstream(base_url, connect, read, max_connections)
+    if kind == "aiohttp":
+        return AiohttpUpstream(base_url, connect, read, max_connections)
+    return NativeUpstream(base_url, connect, read, max_connections)
 
 
 async def read_to_end(chunks: AsyncIterator[bytes]) -> None:

@@ -84,7 +84,7 @@ async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream
     assert seen["end"] == "completed"
 
 
-@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("client", ["native", "aiohttp", "httpx"])
 async def test_regression_each_stream_opened_a_new_upstream_connection(
     mock_upstream: Proc, client: str
 ) -> None:

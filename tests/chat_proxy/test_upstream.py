@@ -47,7 +47,7 @@ async def test_stall_timer_is_rearmed_by_each_byte() -> None:
     timer.stop()
 
 
-@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("client", ["native", "aiohttp", "httpx"])
 async def test_regression_cookies_an_upstream_set_went_out_with_the_next_callers_request(
     client: str,
 ) -> None:

@@ -1,0 +1,296 @@
+"""The lean HTTP/1.1 upstream client, against raw servers on 127.0.0.1 that say exactly
+what each test needs (keep-alive, chunking, closes, resets, malformed answers, TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from chat_proxy.http1 import HIGH_WATER, Http1Error, Http1Pool
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+
+
+@asynccontextmanager
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    """A server that hands each connection (and its number) to ``handler``."""
+    state = Server()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await handler(reader, writer, state.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader, state: Server) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    request = head + await reader.readexactly(length)
+    state.requests.append(request)
+    return request
+
+
+def answer(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def test_sequential_requests_share_one_keep_alive_connection() -> None:
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader, state)
+            writer.write(answer(b"echo:" + request.split(b"\r\n\r\n", 1)[1]))
+            await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}/v1", 2.0, 4)
+        for n in range(3):
+            response = await pool.request("POST", "/chat", {"x-n": str(n)}, b"body-%d" % n)
+            assert response.status == 200
+            assert await response.read() == b"echo:body-%d" % n
+            response.close()
+        await pool.aclose()
+    assert state.connections == 1
+    head = state.requests[0].split(b"\r\n")
+    assert head[0] == b"POST /v1/chat HTTP/1.1"
+    assert f"host: 127.0.0.1:{state.port}".encode() in head
+    assert b"content-length: 6" in head and b"x-n: 0" in head
+    assert b"user-agent: sluice-chat-proxy" in head
+    assert not [line for line in head if line.lower().startswith(b"accept-encoding")]
+
+
+async def test_chunked_and_read_to_close_bodies() -> None:
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        if n == 1:
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for part in (b"data: a\n\n", b"data: b\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await read_request(reader, state)  # the connection was kept: a second request
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/events", {}, None)
+        assert response.status == 200 and "link" not in response.headers  # past the 103
+        parts = []
+        while chunk := await response.read_chunk():
+            parts.append(chunk)
+        assert parts == [b"data: a\n\n", b"data: b\n\n"]  # as they came, not re-buffered
+        response.close()
+        response = await pool.request("GET", "/rest", {}, None)
+        assert await response.read() == b"until the end"  # no length: ends with the connection
+        response.close()
+        assert not pool._idle  # connection: close is not pooled
+        await pool.aclose()
+    assert state.connections == 1
+
+
+async def test_regression_a_connection_the_server_closed_while_idle_failed_the_next_request() -> (
+    None
+):
+    # Servers close idle keep-alive connections (uvicorn after 5 s): a request sent on one
+    # of those before the close was noticed must go again on a new connection.
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        writer.write(answer(b"one answer a connection"))
+        await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        for _ in range(3):
+            response = await pool.request("GET", "/", {}, None)
+            assert await response.read() == b"one answer a connection"
+            response.close()
+        await pool.aclose()
+    assert state.connections == 3
+
+
+async def test_failures_are_reported_by_kind() -> None:
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
+        else:
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/", {}, None)
+        with pytest.raises(Http1Error) as lost:
+            await response.read()
+        assert lost.value.kind == "reset"
+        response.close()
+        with pytest.raises(Http1Error) as malformed:
+            await pool.request("GET", "/", {}, None)
+        assert malformed.value.kind == "protocol"
+        await pool.aclose()
+    closed = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)  # nobody listens now
+    with pytest.raises(Http1Error) as refused:
+        await closed.request("GET", "/", {}, None)
+    assert refused.value.kind == "connect"
+
+
+async def test_a_response_closed_before_its_end_is_not_reused() -> None:
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader, state)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"4\r\nrest\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/", {}, None)
+        assert await response.read_chunk() == b"first"
+        response.close()  # the rest would arrive on the next request's connection
+        response = await pool.request("GET", "/", {}, None)
+        assert await response.read() == b"firstrest"
+        response.close()
+        await pool.aclose()
+    assert state.connections == 2
+
+
+async def test_the_connection_cap_makes_a_caller_wait_for_a_slot() -> None:
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader, state)
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 1)
+        first = await pool.request("GET", "/", {}, None)
+        second = asyncio.ensure_future(pool.request("GET", "/", {}, None))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # the only slot is held by a response not yet closed
+        assert await first.read() == b"ok"
+        first.close()
+        response = await asyncio.wait_for(second, 2)
+        assert await response.read() == b"ok"
+        response.close()
+        await pool.aclose()
+    assert state.connections == 1
+
+
+async def test_a_slow_reader_pauses_reading_instead_of_buffering_everything() -> None:
+    state: Server
+    size = 16 * HIGH_WATER
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        writer.write(answer(b"x" * size))
+        await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/", {}, None)
+        await asyncio.sleep(0.3)  # not reading: the server keeps sending
+        conn = response._conn
+        assert conn is not None and conn.paused
+        assert conn.buffered < 2 * HIGH_WATER
+        assert len(await response.read()) == size
+        response.close()
+        await pool.aclose()
+
+
+async def test_a_header_with_a_line_break_is_refused() -> None:
+    pool = Http1Pool("http://127.0.0.1:9", 2.0, 4)
+    with pytest.raises(ValueError, match="line break"):
+        await pool.request("GET", "/", {"x-id": "a\r\nx-evil: 1"}, None)
+    with pytest.raises(ValueError, match="http"):
+        Http1Pool("ftp://127.0.0.1/", 2.0, 4)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (openssl, as make test installs it)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_with_the_callers_trust(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader, state)
+            writer.write(answer(b"over tls"))
+            await writer.drain()
+
+    async with serve(handler, tls=server_tls) as state:
+        url = f"https://localhost:{state.port}/v1"
+        untrusted = Http1Pool(url, 2.0, 4)  # the system's trust store does not know it
+        with pytest.raises(Http1Error) as refused:
+            await untrusted.request("GET", "/models", {}, None)
+        assert refused.value.kind == "connect"
+        trust = ssl.create_default_context(cafile=str(cert))
+        pool = Http1Pool(url, 2.0, 4, ssl_context=trust)
+        for _ in range(2):
+            response = await pool.request("GET", "/models", {}, None)
+            assert await response.read() == b"over tls"
+            response.close()
+        await pool.aclose()
+    assert state.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\n")
+    assert f"host: localhost:{state.port}".encode() in state.requests[0]
