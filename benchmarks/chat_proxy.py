@@ -10,9 +10,10 @@ on a shared machine hits every path alike:
 
 * direct to the mock upstream;
 * a bare aiohttp forwarder (benchmarks/bare_forwarder.py): the floor for any proxy;
-* chat-proxy, one gunicorn worker, auth + limits + metrics on, aiohttp as upstream client;
-* the same with httpx as upstream client;
-* nginx in front of chat-proxy (aiohttp).
+* chat-proxy, one gunicorn worker, auth + limits + metrics on, with its own lean HTTP/1.1
+  upstream client (``native``, the default: chat_proxy/http1.py);
+* the same with aiohttp, then httpx, as upstream client;
+* nginx in front of chat-proxy (native).
 
 Each of ``level`` clients runs streams back to back. By default the clients start spread
 over one stream's duration, so ``level`` streams are open at any moment and arrivals are
@@ -198,6 +199,9 @@ def main() -> None:
             "SLUICE_MAX_STREAMS_PER_KEY": "100000",
             "SLUICE_CHAT_TOKEN_LIMIT": "1000000000/hour",
         }
+        chat_native = start_service(
+            "chat-proxy", logs, {**chat_env, "SLUICE_UPSTREAM_CLIENT": "native"}, workers=1
+        )
         chat_aiohttp = start_service(
             "chat-proxy", logs, {**chat_env, "SLUICE_UPSTREAM_CLIENT": "aiohttp"}, workers=1
         )
@@ -212,17 +216,18 @@ def main() -> None:
         )
         bare.port = bare_port
         wait_http(f"{bare.url}/healthz", bare)
-        nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat_aiohttp.port}"}, logs)
+        nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat_native.port}"}, logs)
         rows = []
-        with running(nginx, bare, chat_httpx, chat_aiohttp, mock):
+        with running(nginx, bare, chat_httpx, chat_aiohttp, chat_native, mock):
             for level in levels:
                 route = "/v1/chat/completions"
                 paths = [
                     Target("direct (mock upstream)", mock.url + route, []),
                     Target("bare aiohttp forwarder", bare.url + route, [bare]),
+                    Target("chat-proxy (native)", chat_native.url + route, [chat_native]),
                     Target("chat-proxy (aiohttp)", chat_aiohttp.url + route, [chat_aiohttp]),
                     Target("chat-proxy (httpx)", chat_httpx.url + route, [chat_httpx]),
-                    Target("nginx + chat-proxy (aiohttp)", nginx.url + route, [chat_aiohttp]),
+                    Target("nginx + chat-proxy (native)", nginx.url + route, [chat_native]),
                 ]
                 for path in paths:  # warm up: pools, imports, caches
                     asyncio.run(drive(path.url, min(level, 20), 40, args.tokens, args.delay))
