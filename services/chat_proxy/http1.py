@@ -23,6 +23,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -225,6 +226,14 @@ class Http1Response:
         if conn is None:
             return
         self._pool.done_with(conn, reuse=conn.complete and not conn.body and conn.error is None)
+
+    def __del__(self) -> None:
+        # A response dropped unclosed (a body generator that never ran, so its finally did
+        # not either) must not keep its slot: the pool would run dry one leak at a time.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(Exception):  # at interpreter exit the loop may be gone
+                self._pool.done_with(conn, reuse=False)
 
 
 class Http1Pool:

@@ -88,8 +88,10 @@ class ChatProxy:
     async def _learn_models(self) -> None:
         try:
             response = await self.upstream.request("GET", "/models", None, self._auth)
-            body = await response.read()
-            await response.close()
+            try:
+                body = await response.read()
+            finally:
+                await response.close()
             if response.status == 200:
                 self.models.add([m["id"] for m in json.loads(body)["data"]])
         except (UpstreamError, ValueError, KeyError, TypeError) as exc:
@@ -129,8 +131,10 @@ class ChatProxy:
             response = await self.upstream.request(
                 "GET", path, None, self.headers("application/json")
             )
-            body = await response.read()
-            await response.close()
+            try:
+                body = await response.read()
+            finally:
+                await response.close()
         except UpstreamError as exc:
             raise self.failure(exc) from None
         UPSTREAM_REQUESTS.labels(self.service, str(response.status)).inc()

@@ -294,3 +294,24 @@ async def test_tls_with_the_callers_trust(certificate: tuple[Path, Path]) -> Non
         await pool.aclose()
     assert state.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\n")
     assert f"host: localhost:{state.port}".encode() in state.requests[0]
+
+
+async def test_regression_a_response_dropped_unclosed_kept_its_slot_forever() -> None:
+    # A stream body generator that never ran never ran its finally either: the response
+    # it held went away unclosed, and with it one of the pool's slots, for good.
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader, state)
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 1)
+        response = await pool.request("GET", "/", {}, None)
+        del response  # never read, never closed
+        response = await asyncio.wait_for(pool.request("GET", "/", {}, None), 2)
+        assert await response.read() == b"ok"
+        response.close()
+        await pool.aclose()
