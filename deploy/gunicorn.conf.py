@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from sluice.settings import CoreSettings, ServerSettings
 
@@ -22,7 +23,9 @@ worker_class = "uvicorn_worker.UvicornWorker"
 max_requests = 0  # never recycle a worker under live streams
 max_requests_jitter = 0
 graceful_timeout = math.ceil(_server.effective_graceful_timeout)
-timeout = 30  # worker heartbeat to the master, not a request timeout
+# The worker heartbeat to the master, not a request timeout. uvicorn stops beating while it
+# waits for open streams at shutdown, which a rolling restart's drain may take in full.
+timeout = max(30, graceful_timeout + 10)
 keepalive = _server.keepalive
 forwarded_allow_ips = _server.trusted_proxies
 proc_name = f"sluice-{_service}"
@@ -34,6 +37,12 @@ _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
     prefix=f"sluice-metrics-{_service}-"
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+# Rolling restarts: each worker says booting/ready/draining here (sluice/handoff.py).
+_state_dir = os.environ.get("SLUICE_WORKER_STATE_DIR") or tempfile.mkdtemp(
+    prefix=f"sluice-workers-{_service}-"
+)
+os.environ["SLUICE_WORKER_STATE_DIR"] = _state_dir
 
 logconfig_dict = {
     "version": 1,
@@ -55,17 +64,23 @@ logconfig_dict = {
 
 
 def on_starting(server: object) -> None:
-    """Wipe metrics left by an earlier run: stale files would be summed in forever."""
-    os.makedirs(_metrics_dir, exist_ok=True)
-    for name in os.listdir(_metrics_dir):
-        path = os.path.join(_metrics_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+    """Wipe what an earlier run left: stale metrics would be summed in forever, stale
+    worker states would be read as this run's."""
+    for folder in (_metrics_dir, _state_dir):
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
 
 
 def child_exit(server: object, worker: object) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    from sluice.handoff import Siblings
+
+    pid = worker.pid  # type: ignore[attr-defined]
+    multiprocess.mark_process_dead(pid)
+    Siblings(Path(_state_dir)).forget(pid)

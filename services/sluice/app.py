@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from sluice.auth import stream_token_router
 from sluice.drain import SignalDrain
 from sluice.errors import error_response, install_error_handlers
+from sluice.handoff import Siblings
 from sluice.logs import configure_logging
 from sluice.metrics import render
 from sluice.request_context import RequestContextMiddleware
@@ -58,7 +59,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        signal_drain = SignalDrain(runtime.drain, settings.service_name)
+        siblings = None
+        if settings.worker_state_dir is not None:
+            siblings = Siblings(settings.worker_state_dir)
+        signal_drain = SignalDrain(
+            runtime.drain,
+            settings.service_name,
+            siblings=siblings,
+            handoff_timeout=settings.handoff_timeout,
+        )
         signal_drain.install()
         async with AsyncExitStack() as stack:
             if runtime.redis is not None:
@@ -74,9 +83,12 @@ def create_app(
                     "limits_storage": "redis" if runtime.redis is not None else "memory",
                 },
             )
+            if siblings is not None:
+                siblings.mark("ready")  # a worker this one replaces may stop serving now
             try:
                 yield
             finally:
+                await signal_drain.finished(settings.drain_window + 5)
                 signal_drain.uninstall()
 
     app = FastAPI(
@@ -117,7 +129,12 @@ def create_app(
     app.include_router(stream_token_router(runtime.auth))
     for build in routers:
         app.include_router(build(runtime))
-    app.add_middleware(RequestContextMiddleware, on_done=runtime.observer.request_done)
+    drain = runtime.drain
+    app.add_middleware(
+        RequestContextMiddleware,
+        on_done=runtime.observer.request_done,
+        closing=lambda: drain.draining,
+    )
     return app
 
 

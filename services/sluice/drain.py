@@ -6,12 +6,19 @@ So the core takes SIGTERM first: it flips readiness to 503, refuses new streams,
 each open stream a random moment in ``[0, window]`` to send its reconnect hint and
 close (so clients do not all come back at once), and only when the streams are gone
 (or the window plus a margin has passed) hands the signal to uvicorn to stop.
+
+In a rolling restart (gunicorn's SIGHUP: new workers forked, old ones told to stop at
+once) a worker whose replacements are still booting first serves on until they are
+ready (``handoff.py``). Then it hands the signal over at the start of its drain, not the
+end: uvicorn stops accepting, so new connections go to the replacements, and closes idle
+keep-alive connections, while the open streams still end over the window as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -20,11 +27,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Literal
 
+from sluice.handoff import Siblings
 from sluice.metrics import DRAINS
 
 log = logging.getLogger("sluice.drain")
 
 DrainPolicy = Literal["reconnect", "finish"]
+LAME_DUCK_SECONDS = 1.0  # a replaced worker's responses close their connections this long
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -33,7 +42,9 @@ class Drain:
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self.draining = False
+        self.draining = False  # readiness says 503
+        self.refusing = False  # new streams are refused (503 + Retry-After)
+        self._ends_at = 0.0
         self._streams: dict[asyncio.Future[None], DrainPolicy] = {}
         self._empty = asyncio.Event()
         self._empty.set()
@@ -49,11 +60,14 @@ class Drain:
         moment in the window; ``finish`` streams (an LLM answer cannot be resumed) may run
         on until the window's end.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._streams[future] = policy
         self._empty.clear()
-        if self.draining:
+        if self.refusing:  # it got past the refusal just before the drain began
             future.set_result(None)
+        elif self.draining:  # let in after a hand-over: a moment in what is left
+            self._schedule(loop, future, policy, max(0.0, self._ends_at - loop.time()))
         return future
 
     def unregister(self, future: asyncio.Future[None]) -> None:
@@ -63,19 +77,35 @@ class Drain:
         if not self._streams:
             self._empty.set()
 
-    def begin(self) -> None:
-        """Start draining: each open stream gets a random moment within the window."""
+    def begin(self, refuse: bool = True) -> None:
+        """Start draining: each open stream gets a random moment within the window.
+
+        ``refuse``: new streams are refused from now on. A worker whose replacement already
+        serves stops accepting connections instead (see ``SignalDrain``), and a stream that
+        still arrives on a connection it had is served, then drained like the others.
+        """
         if self.draining:
             return
         self.draining = True
+        self.refusing = refuse
         loop = asyncio.get_running_loop()
+        self._ends_at = loop.time() + self.window
         log.info(
             "drain started",
             extra={"event": "drain", "open_streams": len(self._streams), "window_s": self.window},
         )
         for future, policy in list(self._streams.items()):
-            delay = self.window if policy == "finish" else random.uniform(0, self.window)
-            loop.call_later(delay, _resolve, future)
+            self._schedule(loop, future, policy, self.window)
+
+    @staticmethod
+    def _schedule(
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[None],
+        policy: DrainPolicy,
+        window: float,
+    ) -> None:
+        delay = window if policy == "finish" else random.uniform(0, window)
+        loop.call_later(delay, _resolve, future)
 
     async def wait_empty(self, timeout: float) -> bool:
         """True when every stream ended within ``timeout`` seconds."""
@@ -95,10 +125,19 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class SignalDrain:
     """Puts :class:`Drain` in front of the server's own SIGTERM handler while the app runs."""
 
-    def __init__(self, drain: Drain, service: str, margin: float = 2.0) -> None:
+    def __init__(
+        self,
+        drain: Drain,
+        service: str,
+        margin: float = 2.0,
+        siblings: Siblings | None = None,
+        handoff_timeout: float = 30.0,
+    ) -> None:
         self.drain = drain
         self.service = service
         self.margin = margin
+        self.siblings = siblings
+        self.handoff_timeout = handoff_timeout
         self._previous: _SignalHandler = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -119,24 +158,65 @@ class SignalDrain:
         self._loop = None
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if self._loop is None or self._task is not None:
-            # A second SIGTERM while draining: stop now.
+        if self._loop is None:
             self._hand_over(signum, frame)
             return
-        self._loop.call_soon_threadsafe(self._start, signum, frame)
+        if self._task is not None:
+            # Already under way, and bounded. gunicorn sends SIGTERM again to a worker it
+            # replaced (every second past its graceful timeout, and at each later SIGHUP):
+            # that is no reason to cut the drain short. SIGQUIT or SIGINT stop at once.
+            return
+        # In a context of its own: the signal lands in whatever request is running, and the
+        # drain's log lines are not that request's.
+        self._loop.call_soon_threadsafe(self._start, signum, frame, context=contextvars.Context())
 
     def _start(self, signum: int, frame: FrameType | None) -> None:
+        if self._task is not None:  # two signals before the first was handled
+            return
         self._task = asyncio.get_running_loop().create_task(self._run(signum, frame))
 
     async def _run(self, signum: int, frame: FrameType | None) -> None:
-        self.drain.begin()
+        replaced = False
+        if self.siblings is not None:
+            self.siblings.mark("leaving")  # no sibling waits for this one to serve
+            replacements = self.siblings.booting()
+            if replacements:
+                log.info(
+                    "serving until replaced",
+                    extra={"event": "handoff", "replacements": sorted(replacements)},
+                )
+                replaced = await self.siblings.wait_replaced(self.handoff_timeout)
+        if replaced:
+            # Nothing is refused: every response now closes its connection, so the proxy
+            # in front drops its connections to this worker itself; after a moment of that
+            # uvicorn stops accepting (the replacements take every new connection) and
+            # closes the idle ones left. A stream let in meanwhile is drained with the rest.
+            self.drain.begin(refuse=False)
+            await asyncio.sleep(min(LAME_DUCK_SECONDS, self.drain.window))
+            self._hand_over(signum, frame)
+        else:
+            self.drain.begin()
         clean = await self.drain.wait_empty(self.drain.window + self.margin)
         DRAINS.labels(self.service, "clean" if clean else "timeout").inc()
         log.info(
             "drain finished",
-            extra={"event": "drain", "clean": clean, "open_streams": self.drain.open_streams},
+            extra={
+                "event": "drain",
+                "clean": clean,
+                "open_streams": self.drain.open_streams,
+                "handed_over_at_start": replaced,
+            },
         )
-        self._hand_over(signum, frame)
+        if not replaced:
+            self._hand_over(signum, frame)
+
+    async def finished(self, timeout: float) -> None:
+        """Wait (bounded) for a drain under way to log and count its end."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
 
     def _hand_over(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous

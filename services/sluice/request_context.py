@@ -65,10 +65,21 @@ def request_info(scope: Scope) -> RequestInfo | None:
     return info if isinstance(info, RequestInfo) else None
 
 
+CLOSE = (b"connection", b"close")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, on_done: Callable[[str, str, int, float], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        on_done: Callable[[str, str, int, float], None],
+        closing: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.on_done = on_done  # (method, route, status, seconds): the request metrics
+        # True while the worker drains: each response then ends its keep-alive connection,
+        # so the proxy in front closes it itself instead of racing the worker's close.
+        self.closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +95,10 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 info.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                if self.closing():
+                    headers.append(CLOSE)
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 info.bytes_sent += len(message.get("body", b""))
             await send(message)

@@ -34,6 +34,15 @@ class CoreSettings(BaseSettings):
     drain_window: float = Field(
         10.0, ge=0, description="Seconds over which open streams are told to reconnect on SIGTERM."
     )
+    handoff_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="In a rolling restart, seconds a worker serves on while its replacement boots.",
+    )
+    worker_state_dir: Path | None = Field(
+        None,
+        description="Set by deploy/gunicorn.conf.py: where a master's workers say their state.",
+    )
     reconnect_retry_ms: int = Field(
         2000, ge=0, description="SSE `retry:` hint sent with the drain reconnect event."
     )

@@ -343,7 +343,7 @@ class StreamTicket:
 async def open_stream(request: Request) -> StreamTicket:
     """Refuse with 503 while draining; take a stream-cap slot (429/503 when over)."""
     runtime: Runtime = request.app.state.runtime
-    if runtime.drain.draining:
+    if runtime.drain.refusing:
         raise ApiError(
             503,
             "draining",

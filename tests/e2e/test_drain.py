@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import httpx_sse
 
-from tests.support.procs import running, start_nginx, start_service
+from tests.support.procs import running, start_nginx, start_service, worker_pids
 
 WINDOW = 2.0
 
@@ -132,3 +132,66 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
     drained = [r for r in records if r.get("stream_end") == "drain"]
     assert len(drained) == 11
     assert all(r["ts"] >= started[r["pid"]] for r in drained)
+
+
+def test_sighup_replaces_workers_without_a_gap_or_a_refusal(log_dir: Path) -> None:
+    """A rolling restart (gunicorn's SIGHUP) with one worker: the old worker serves on until
+    its replacement is ready, then drains; no request in between is refused or lost."""
+    env = {
+        "SLUICE_DRAIN_WINDOW": str(WINDOW),
+        "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
+        "SLUICE_DEMO_COUNTER_DELAY": "0",
+        "SLUICE_RATE_LIMIT": "100000/minute",
+    }
+    demo = start_service("demo", log_dir, env, workers=1)
+    nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as http:
+            for _ in range(5000):  # bounded; stopped once the hand-over is over
+                if stop.is_set():
+                    return
+                try:
+                    response = http.get(f"{nginx.url}/dummy-counter")
+                    ok = response.status_code == 200 and response.text.count("Count:") == 10
+                    outcomes.append("ok" if ok else f"{response.status_code}: {response.text}")
+                except httpx.HTTPError as exc:
+                    outcomes.append(repr(exc))
+
+    with running(nginx, demo):
+        (old,) = worker_pids(demo)
+        listener = Client()
+        opened = threading.Barrier(2)
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        threads.append(
+            threading.Thread(
+                target=follow_sse, args=(f"{nginx.url}/dummy-events", listener, opened)
+            )
+        )
+        for t in threads:
+            t.start()
+        opened.wait(10)
+        demo.popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while old in worker_pids(demo) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        replaced = old not in worker_pids(demo)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(WINDOW * 4)
+        (new,) = worker_pids(demo)
+
+    assert replaced, "the old worker did not exit"
+    assert outcomes and set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:5]
+    assert listener.error is None, listener.error
+    assert listener.reconnect is not None and listener.clean  # open streams still drained
+    records = [json.loads(line) for line in demo.log().splitlines() if line.startswith("{")]
+    served = {r["pid"] for r in records if r.get("path") == "/dummy-counter"}
+    assert {old, new} <= served
+    by_msg = {(r["pid"], r.get("msg")): r for r in records}
+    assert (old, "serving until replaced") in by_msg
+    assert by_msg[(new, "service started")]["ts"] <= by_msg[(old, "drain started")]["ts"]
+    assert by_msg[(old, "drain finished")]["handed_over_at_start"] is True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +92,24 @@ async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_
     assert access.status == 500  # type: ignore[attr-defined]
     (error,) = [r for r in records if r.name == "sluice.errors"]
     assert error.request_id == "boom-1"  # type: ignore[attr-defined]
+
+
+async def test_responses_close_their_connection_while_draining() -> None:
+    # Left open, the proxy in front reuses the connection while the worker closes it
+    # (nginx then answers 502 to a POST, which it may not retry).
+    async with asgi.lifespan(create_app(CoreSettings(drain_window=0), title="d")) as app:
+        before = await asgi.request(app, "/healthz")
+        app.state.runtime.drain.begin()
+        during = await asgi.request(app, "/healthz")
+    assert "connection" not in before.headers
+    assert during.status == 200
+    assert during.headers["connection"] == "close"
+
+
+async def test_a_worker_says_it_is_ready_once_started(tmp_path: Path) -> None:
+    settings = CoreSettings(worker_state_dir=tmp_path)
+    app = create_app(settings, title="ready")
+    mine = tmp_path / str(os.getpid())
+    assert not mine.exists()  # booting
+    async with asgi.lifespan(app):
+        assert mine.read_text() == "ready"

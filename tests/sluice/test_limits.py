@@ -74,7 +74,7 @@ async def test_stream_cap_per_key_is_429_and_frees_when_a_stream_ends() -> None:
         other = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_B))
         app.state.runtime.drain.begin()  # end the held streams
         await asyncio.gather(*held)
-        app.state.runtime.drain.draining = False
+        app.state.runtime.drain.draining = app.state.runtime.drain.refusing = False
         again = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
     assert third.status == 429
     assert json.loads(third.body)["error"]["type"] == "too_many_streams"
@@ -107,7 +107,7 @@ async def _end_path(app: object, reason: EndReason) -> None:
         await asyncio.sleep(0.05)
         runtime.drain.begin()
         await task
-        runtime.drain.draining = False
+        runtime.drain.draining = runtime.drain.refusing = False
     else:
         await asgi.stalled_client(app, "/ticks?count=100")  # type: ignore[arg-type]
 
@@ -150,7 +150,7 @@ async def test_redis_caps_hold_across_workers_and_expire_with_a_dead_one(
         await asyncio.gather(*held)
         await asyncio.sleep(0.1)  # releases go to Redis in the background
         for app in (one, two):
-            app.state.runtime.drain.draining = False
+            app.state.runtime.drain.draining = app.state.runtime.drain.refusing = False
         after = await asgi.request(two, "/ticks?count=1", headers=bearer(KEY_A))
 
         # A worker that dies holding slots: its leases run out, no release needed.
