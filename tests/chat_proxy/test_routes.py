@@ -22,6 +22,8 @@ pytestmark = pytest.mark.anyio
 
 AUTH = ("authorization", f"Bearer {CALLER_KEY}")
 JSON = ("content-type", "application/json")
+# Every selectable upstream client must fail alike (SLUICE_UPSTREAM_CLIENT; native is the default).
+CLIENTS = ["native", "aiohttp", "httpx"]
 
 
 def settings(mock: Proc, **overrides: Any) -> ChatSettings:
@@ -84,7 +86,7 @@ async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream
     assert seen["end"] == "completed"
 
 
-@pytest.mark.parametrize("client", ["native", "aiohttp", "httpx"])
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_regression_each_stream_opened_a_new_upstream_connection(
     mock_upstream: Proc, client: str
 ) -> None:
@@ -211,11 +213,12 @@ async def test_chat_stream_sse_variant_for_browsers(mock_upstream: Proc) -> None
         ("first_token_delay=3", 504, "timeout"),
     ],
 )
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_failures_before_the_first_byte_are_json(
-    mock_upstream: Proc, fault: str, status: int, kind: str
+    mock_upstream: Proc, fault: str, status: int, kind: str, client: str
 ) -> None:
     before = errors(kind)
-    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
         result = await post(app, body(model=f"mock-fault:{fault}"))
     assert result.status == status
     error = json.loads(result.body)["error"]
@@ -224,10 +227,12 @@ async def test_failures_before_the_first_byte_are_json(
     assert app.state.runtime.caps.local_total == 0  # the slot went back
 
 
-async def test_upstream_down_is_502_connect(mock_upstream: Proc) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_upstream_down_is_502_connect(mock_upstream: Proc, client: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
     before = errors("connect")
-    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_base_url=closed))) as app:
+    config = settings(mock_upstream, upstream_base_url=closed, upstream_client=client)
+    async with asgi.lifespan(create_app(config)) as app:
         result = await post(app, body())
     assert result.status == 502
     assert json.loads(result.body)["error"]["code"] == "upstream_connect"
@@ -242,12 +247,13 @@ async def test_upstream_down_is_502_connect(mock_upstream: Proc) -> None:
         ("stall=3,stall_after=3", "timeout", "upstream_timeout"),
     ],
 )
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_failures_after_the_first_byte_end_with_an_error_event(
-    mock_upstream: Proc, fault: str, kind: str, code: str
+    mock_upstream: Proc, fault: str, kind: str, code: str, client: str
 ) -> None:
     before = errors(kind)
     started = time.monotonic()
-    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
         result = await post(app, body(model=f"mock-fault:{fault}"))
     assert time.monotonic() - started < 2.5  # a stall ends at the read timeout (1 s)
     assert result.status == 200
