@@ -53,7 +53,7 @@ class ApiError(Exception):
         self.details = details
         self.fields = dict(fields or {})  # more members of the error object (OpenAI: param, code)
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         return error_response(
             self.status, self.type, self.message, self.headers, self.details, self.fields
         )

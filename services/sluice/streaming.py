@@ -340,16 +340,51 @@ class StreamTicket:
         )
 
 
-async def open_stream(request: Request) -> StreamTicket:
-    """Refuse with 503 while draining; take a stream-cap slot (429/503 when over)."""
-    runtime: Runtime = request.app.state.runtime
-    if runtime.drain.refusing:
-        raise ApiError(
+class Draining(ApiError):
+    """A new stream while the worker drains: 503 + ``Retry-After``, but a reconnect hint to
+    an ``EventSource``, which gives up for good on any answer but a 200 event stream."""
+
+    def __init__(
+        self, retry_ms: int, event_source: bool, renewal: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(
             503,
             "draining",
             "this server is restarting; reconnect shortly",
-            headers={"Retry-After": str(max(1, round(runtime.settings.reconnect_retry_ms / 1000)))},
+            headers={"Retry-After": str(max(1, round(retry_ms / 1000)))},
         )
+        self.retry_ms = retry_ms
+        self.event_source = event_source
+        self.renewal = dict(renewal or {})  # the stream-token cookie, for that reconnect
+
+    def response(self) -> Response:
+        if not self.event_source:
+            return super().response()
+        hint = Event(
+            data={"reason": "drain", "retry_ms": self.retry_ms},
+            event="reconnect",
+            retry=self.retry_ms,
+        )
+        return Response(
+            encode(hint, StreamFormat.SSE),
+            media_type="text/event-stream",
+            headers={**_STREAM_HEADERS, **self.renewal},
+        )
+
+
+def _event_source(request: Request) -> bool:
+    """A browser's EventSource (or any SSE client): GET, asking for text/event-stream."""
+    return request.method == "GET" and "text/event-stream" in request.headers.get("accept", "")
+
+
+async def open_stream(request: Request) -> StreamTicket:
+    """Refuse while draining (see :class:`Draining`); take a stream-cap slot (429/503 when
+    over)."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.drain.refusing:
+        event_source = _event_source(request)
+        renewal = runtime.auth.renewal(request) if event_source else None
+        raise Draining(runtime.settings.reconnect_retry_ms, event_source, renewal)
     return StreamTicket(request, runtime, await runtime.caps.acquire(request))
 
 

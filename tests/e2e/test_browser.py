@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support.procs import Proc, running, start_nginx, start_service
+from tests.support.procs import Proc, running, start_nginx, start_service, worker_pids
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -154,3 +156,66 @@ def test_browser_watches_a_job_with_event_source(browser: Browser, log_dir: Path
         page.close()
     assert seen["percents"] == [25.0, 50.0, 75.0, 100.0]
     assert seen["result"] == {"steps": 4}
+
+
+# The README's recipe for streams that outlive the token's TTL: a drain's reconnect hint
+# comes retry ms before EventSource reconnects; the page fetches a fresh cookie meanwhile.
+LONG_STREAM = """
+async ([key, renew]) => {
+  const token = () => fetch("/auth/stream-token", {
+    method: "POST",
+    headers: {"Authorization": "Bearer " + key, "Content-Type": "application/json"},
+    body: JSON.stringify({path: "/dummy-events"}),
+  });
+  await token();
+  window.seen = {events: 0, hints: 0, opens: 0};
+  const es = window.es = new EventSource("/dummy-events");
+  for (const type of ["update", "alert", "info"]) {
+    es.addEventListener(type, () => { window.seen.events++; });
+  }
+  es.addEventListener("reconnect", () => { window.seen.hints++; if (renew) token(); });
+  es.onopen = () => { window.seen.opens++; };
+}
+"""
+STATE = "() => ({...window.seen, state: window.es.readyState})"
+
+
+def test_browser_stream_outlives_its_token_through_a_rolling_restart(
+    browser: Browser, log_dir: Path
+) -> None:
+    key = "sk-e2e-browser-restart-0000000001"
+    env = {
+        "SLUICE_API_KEYS": key,
+        "SLUICE_PUBLIC_ROUTES": "",
+        "SLUICE_STREAM_TOKEN_TTL": "2",
+        "SLUICE_DRAIN_WINDOW": "1",
+        "SLUICE_RECONNECT_RETRY_MS": "500",
+        "SLUICE_DEMO_EVENTS_INTERVAL": "0.2",
+    }
+    demo = start_service("demo", log_dir, env, workers=1)
+    nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)
+    with running(nginx, demo):
+        pages = {}
+        for renew in (True, False):
+            page = browser.new_context().new_page()  # a cookie jar each
+            page.goto(f"{nginx.url}/healthz")
+            page.evaluate(LONG_STREAM, [key, renew])
+            pages[renew] = page
+        time.sleep(3)  # past the token's TTL: the cookie each stream renewed has expired
+        before = {renew: page.evaluate(STATE) for renew, page in pages.items()}
+        (old,) = worker_pids(demo)
+        demo.popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while old in worker_pids(demo) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        after = {renew: page.evaluate(STATE) for renew, page in pages.items()}
+        for page in pages.values():
+            page.context.close()
+    assert all(b["opens"] == 1 and b["events"] > 5 and b["state"] == 1 for b in before.values())
+    renewed, stale = after[True], after[False]
+    assert renewed["hints"] >= 1 and renewed["opens"] >= 2
+    assert renewed["state"] == 1  # OPEN: streaming from the new worker
+    assert renewed["events"] > before[True]["events"] + 3
+    assert stale["hints"] >= 1
+    assert stale["state"] == 2  # CLOSED: its reconnect had no valid cookie (401 is final)

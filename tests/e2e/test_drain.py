@@ -95,6 +95,8 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
         # Readiness flips at once; new streams are refused while the old ones drain.
         ready = httpx.get(f"{demo.url}/readyz", timeout=2)
         refused = httpx.get(f"{nginx.url}/dummy-events", timeout=2)
+        accept = {"accept": "text/event-stream"}  # as a browser's EventSource asks
+        hinted = httpx.get(f"{nginx.url}/dummy-events", headers=accept, timeout=2)
         for t in threads:
             t.join(WINDOW * 4)
         exit_code = demo.popen.wait(WINDOW + 10)
@@ -105,6 +107,9 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
     assert refused.status_code == 503
     assert refused.json()["error"]["type"] == "draining"
     assert "retry-after" in refused.headers
+    # An EventSource gives up for good on a 503: it gets a reconnect hint instead.
+    assert hinted.status_code == 200
+    assert "event: reconnect\n" in hinted.text and "retry: 1500\n" in hinted.text
     assert not any(t.is_alive() for t in threads), "a client hung"
     for client in sse_clients:
         assert client.error is None, client.error

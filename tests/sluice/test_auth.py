@@ -153,6 +153,20 @@ async def test_stream_token_cookie_is_httponly_strict_and_path_scoped() -> None:
     assert elsewhere.status == 403  # a token for /ticks opens nothing else
 
 
+async def test_a_draining_workers_reconnect_hint_renews_the_browsers_cookie() -> None:
+    async with asgi.lifespan(protected(drain_window=0)) as app:
+        token = app.state.runtime.auth.signer.issue(ID_A, "/ticks", 60)
+        app.state.runtime.drain.begin()
+        hinted = await asgi.request(
+            app,
+            "/ticks",
+            headers=[("cookie", f"{COOKIE_NAME}={token}"), ("accept", "text/event-stream")],
+        )
+    assert hinted.status == 200
+    assert "event: reconnect" in hinted.text
+    assert f"{COOKIE_NAME}=st1." in hinted.headers["set-cookie"]  # let in where it goes next
+
+
 async def test_stream_token_as_bearer_for_non_browser_clients() -> None:
     async with asgi.lifespan(protected()) as app:
         token = app.state.runtime.auth.signer.issue(ID_A, "/ticks", 60)

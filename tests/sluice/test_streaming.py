@@ -214,6 +214,21 @@ async def test_readyz_flips_to_503_when_draining_and_new_streams_are_refused() -
     assert '"draining"' in refused.text
 
 
+async def test_regression_an_event_source_refused_with_503_while_draining_never_came_back() -> None:
+    # EventSource fails for good on any answer but a 200 event stream: a 503 from a
+    # draining worker (a pod whose endpoint is not yet removed) ended the page's stream.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, drain_window=0.2, reconnect_retry_ms=1500)) as app:
+        app.state.runtime.drain.begin()
+        hinted = await asgi.request(app, "/ticks", headers=[("accept", "text/event-stream")])
+    assert hinted.status == 200
+    assert hinted.headers["content-type"].startswith("text/event-stream")
+    assert hinted.text == (
+        'event: reconnect\ndata: {"reason":"drain","retry_ms":1500}\nretry: 1500\n\n'
+    )
+    assert hinted.headers["connection"] == "close"
+
+
 async def test_drain_sends_reconnect_event_within_window() -> None:
     probe = Probe()
     async with asgi.lifespan(make_app(probe, drain_window=0.3, reconnect_retry_ms=1500)) as app:
