@@ -23,8 +23,9 @@ behind the whole burst).
 
 Prints TTFT p50/p99 (request sent to first content token, pooled over rounds), inter-token
 p99, the proxy's CPU seconds per 1,000 streams (from /proc, master and workers; median of
-the rounds) and its ratio to the bare forwarder's (median of the per-round ratios), errors,
-and the worker's RSS.
+the rounds) and its ratio to the bare forwarder's (median of the per-round ratios), how busy
+the proxy was (CPU seconds per second of the round: near 100% its one worker is saturated,
+and TTFT then measures the queue, whatever the proxy), errors, and the worker's RSS.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Run:
     gaps: list[float] = field(default_factory=list)
     errors: int = 0
     cpu: list[float] = field(default_factory=list)  # CPU s per 1,000 streams, one per round
+    busy: list[float] = field(default_factory=list)  # the proxy's CPU s per wall s, per round
 
     def add(self, other: Run) -> None:
         self.ttft += other.ttft
@@ -138,10 +140,13 @@ def one_round(path: Target, args: argparse.Namespace, level: int) -> None:
     streams = level * 4
     spread = 0.0 if args.burst else args.tokens * args.delay
     cpu_before = sum(cpu_seconds(p.pid) for p in path.procs)
+    began = time.perf_counter()
     run = asyncio.run(drive(path.url, level, streams, args.tokens, args.delay, spread))
+    wall = time.perf_counter() - began
     cpu = sum(cpu_seconds(p.pid) for p in path.procs) - cpu_before
     path.run.add(run)
     path.run.cpu.append(cpu / streams * 1000)
+    path.run.busy.append(cpu / wall)
 
 
 def row(path: Target, level: int, direct: Run, bare: Run | None) -> list[str]:
@@ -162,6 +167,7 @@ def row(path: Target, level: int, direct: Run, bare: Run | None) -> list[str]:
         f"{percentile(run.gaps, 0.99) * 1000:.1f}",
         f"{statistics.median(run.cpu):.2f}" if path.procs else "-",
         ratio,
+        f"{statistics.median(run.busy) * 100:.0f}%" if path.procs else "-",
         str(run.errors),
         f"{rss:.0f}" if path.procs else "-",
     ]
@@ -253,6 +259,7 @@ def main() -> None:
                 "ITL p99 ms",
                 "CPU s/1k streams",
                 "CPU vs bare",
+                "busy",
                 "errors",
                 "RSS MB",
             ],
