@@ -164,7 +164,8 @@ class SignalDrain:
         if self._task is not None:
             # Already under way, and bounded. gunicorn sends SIGTERM again to a worker it
             # replaced (every second past its graceful timeout, and at each later SIGHUP):
-            # that is no reason to cut the drain short. SIGQUIT or SIGINT stop at once.
+            # that is no reason to cut the drain short. SIGINT twice (uvicorn's force exit)
+            # stops at once.
             return
         # In a context of its own: the signal lands in whatever request is running, and the
         # drain's log lines are not that request's.
