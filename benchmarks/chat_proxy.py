@@ -23,9 +23,10 @@ behind the whole burst).
 
 Prints TTFT p50/p99 (request sent to first content token, pooled over rounds), inter-token
 p99, the proxy's CPU seconds per 1,000 streams (from /proc, master and workers; median of
-the rounds) and its ratio to the bare forwarder's (median of the per-round ratios), how busy
-the proxy was (CPU seconds per second of the round: near 100% its one worker is saturated,
-and TTFT then measures the queue, whatever the proxy), errors, and the worker's RSS.
+the rounds) and its ratio to the bare forwarder's (median of the per-round ratios), the load
+that puts on the proxy's one worker while ``level`` streams are open (CPU per stream x level
+/ a stream's duration: near 100% the worker is saturated, and TTFT then measures its queue,
+whatever the proxy), errors, and the worker's RSS.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class Run:
     gaps: list[float] = field(default_factory=list)
     errors: int = 0
     cpu: list[float] = field(default_factory=list)  # CPU s per 1,000 streams, one per round
-    busy: list[float] = field(default_factory=list)  # the proxy's CPU s per wall s, per round
 
     def add(self, other: Run) -> None:
         self.ttft += other.ttft
@@ -140,16 +140,13 @@ def one_round(path: Target, args: argparse.Namespace, level: int) -> None:
     streams = level * 4
     spread = 0.0 if args.burst else args.tokens * args.delay
     cpu_before = sum(cpu_seconds(p.pid) for p in path.procs)
-    began = time.perf_counter()
     run = asyncio.run(drive(path.url, level, streams, args.tokens, args.delay, spread))
-    wall = time.perf_counter() - began
     cpu = sum(cpu_seconds(p.pid) for p in path.procs) - cpu_before
     path.run.add(run)
     path.run.cpu.append(cpu / streams * 1000)
-    path.run.busy.append(cpu / wall)
 
 
-def row(path: Target, level: int, direct: Run, bare: Run | None) -> list[str]:
+def row(path: Target, level: int, direct: Run, bare: Run | None, stream_s: float) -> list[str]:
     run = path.run
     ttft99 = percentile(run.ttft, 0.99)
     added = "" if run is direct else f"{(ttft99 - percentile(direct.ttft, 0.99)) * 1000:+.1f}"
@@ -167,7 +164,8 @@ def row(path: Target, level: int, direct: Run, bare: Run | None) -> list[str]:
         f"{percentile(run.gaps, 0.99) * 1000:.1f}",
         f"{statistics.median(run.cpu):.2f}" if path.procs else "-",
         ratio,
-        f"{statistics.median(run.busy) * 100:.0f}%" if path.procs else "-",
+        # ``level`` streams open at once, each costing its CPU over ``stream_s`` seconds:
+        f"{level * statistics.median(run.cpu) / 1000 / stream_s:.0%}" if path.procs else "-",
         str(run.errors),
         f"{rss:.0f}" if path.procs else "-",
     ]
@@ -241,7 +239,8 @@ def main() -> None:
                     for path in paths:
                         one_round(path, args, level)
                 direct, bare_run = paths[0].run, paths[1].run
-                rows += [row(path, level, direct, bare_run) for path in paths]
+                stream_s = args.tokens * args.delay
+                rows += [row(path, level, direct, bare_run, stream_s) for path in paths]
     arrivals = "all clients at once (--burst)" if args.burst else "clients spread (steady)"
     print(
         f"{args.tokens} tokens per stream, {args.delay * 1000:.0f} ms apart; "
@@ -259,7 +258,7 @@ def main() -> None:
                 "ITL p99 ms",
                 "CPU s/1k streams",
                 "CPU vs bare",
-                "busy",
+                "load",
                 "errors",
                 "RSS MB",
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,14 @@ import httpx
 
 from sluice import devstack
 from tests.support.procs import start_local_stack
+
+
+def readme_block(section: str, language: str) -> str:
+    """The first ```language block after the README heading ``section``."""
+    readme = (devstack.ROOT / "README.md").read_text()
+    rest = readme[readme.index(f"\n{section}\n") :]
+    start = rest.index(f"```{language}\n") + len(language) + 4
+    return rest[start : rest.index("```", start)]
 
 
 def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: Path) -> None:
@@ -33,6 +42,17 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         auth = {"Authorization": f"Bearer {key}"}
         chat = httpx.get(f"{base}/chat-stream?prompt=hi", timeout=10)
         assert chat.text.startswith("Sluice streams tokens")
+        # The README's openai-SDK snippet as written, but for this stack's port and key file.
+        snippet = readme_block("## chat-proxy", "python")
+        assert "http://127.0.0.1:8080/v1" in snippet and '".run/dev-api-key"' in snippet
+        code = snippet.replace("http://127.0.0.1:8080", base).replace(
+            '".run/dev-api-key"', repr(str(tmp_path / "dev-api-key"))
+        )
+        sdk = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert sdk.returncode == 0, sdk.stderr
+        assert sdk.stdout == chat.text  # the same model's completion: every token, in order
         job = httpx.post(
             f"{base}/jobs",
             headers=auth,
