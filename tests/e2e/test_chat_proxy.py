@@ -56,30 +56,40 @@ def test_openai_sdk_async_stream_and_errors(chat_stack: tuple[Proc, Proc]) -> No
     _, nginx = chat_stack
 
     async def main() -> tuple[str, str, type[Exception], type[Exception]]:
-        client = openai.AsyncOpenAI(base_url=f"{nginx.url}/v1", api_key=CALLER_KEY, max_retries=0)
-        messages = [{"role": "user", "content": "hi"}]
-        stream = await client.chat.completions.create(
-            model="mock-gpt",
-            messages=messages,  # type: ignore[arg-type]
-            stream=True,
-        )
-        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-        whole = await client.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
-        try:
-            await client.chat.completions.create(model="mock-fault:status=503", messages=messages)  # type: ignore[arg-type]
-        except openai.APIStatusError as exc:
-            before_first_byte = type(exc)
-        try:
-            failing = await client.chat.completions.create(
-                model="mock-fault:error_after=2", messages=messages, stream=True
-            )  # type: ignore[arg-type]
-            async for _ in failing:
-                pass
-        except openai.APIError as exc:
-            mid_stream = type(exc)
-        bad_key = openai.AsyncOpenAI(base_url=f"{nginx.url}/v1", api_key="sk-nope", max_retries=0)
-        with pytest.raises(openai.AuthenticationError):
-            await bad_key.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
+        # Closed on the way out: an unclosed client is closed by the garbage collector
+        # later, on a loop that is gone, and that error surfaced in whatever test ran then.
+        async with (
+            openai.AsyncOpenAI(
+                base_url=f"{nginx.url}/v1", api_key=CALLER_KEY, max_retries=0
+            ) as client,
+            openai.AsyncOpenAI(
+                base_url=f"{nginx.url}/v1", api_key="sk-nope", max_retries=0
+            ) as bad_key,
+        ):
+            messages = [{"role": "user", "content": "hi"}]
+            stream = await client.chat.completions.create(
+                model="mock-gpt",
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            whole = await client.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
+            try:
+                await client.chat.completions.create(
+                    model="mock-fault:status=503", messages=messages
+                )  # type: ignore[arg-type]
+            except openai.APIStatusError as exc:
+                before_first_byte = type(exc)
+            try:
+                failing = await client.chat.completions.create(
+                    model="mock-fault:error_after=2", messages=messages, stream=True
+                )  # type: ignore[arg-type]
+                async for _ in failing:
+                    pass
+            except openai.APIError as exc:
+                mid_stream = type(exc)
+            with pytest.raises(openai.AuthenticationError):
+                await bad_key.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
         return text, whole.choices[0].message.content or "", before_first_byte, mid_stream
 
     text, whole, before, mid = asyncio.run(main())
