@@ -22,21 +22,26 @@ from typing import Literal
 
 State = Literal["booting", "ready", "leaving"]
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1  # a scan of /proc each, where the kernel keeps no list of children
 
 
 def children(parent: int) -> list[int]:
-    """Live (not zombie) child pids of ``parent``, from /proc."""
+    """Live (not zombie) child pids of ``parent``, from /proc: the kernel's own list where it
+    keeps one (CONFIG_PROC_CHILDREN), else a scan of every process."""
+    try:
+        listed = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        candidates = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+    else:
+        candidates = [int(pid) for pid in listed]
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in candidates:
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if int(fields[1]) == parent and fields[0] != "Z":
-            pids.append(int(entry.name))
+            pids.append(pid)
     return sorted(pids)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from sluice import devstack
+from sluice.handoff import children
 
 
 def free_port() -> int:
@@ -144,21 +145,6 @@ def running(*procs: Proc) -> Iterator[None]:
 def worker_pids(master: Proc) -> list[int]:
     """The gunicorn worker pids of a master, from /proc."""
     return children(master.pid)
-
-
-def children(parent: int) -> list[int]:
-    """Live child pids of ``parent``, from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == parent:
-                pids.append(int(entry.name))
-    return sorted(pids)
 
 
 def start_redis(log_dir: Path) -> Proc:
