@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -109,8 +110,19 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error", headers)
 
 
+async def _redis_error(_: Request, exc: Exception) -> Response:
+    log.warning("redis failed: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        f"Redis, where limits and shared state live, failed: {type(exc).__name__}",
+        {"Retry-After": "1"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -74,9 +74,15 @@ class RateLimits:
     def __init__(self, settings: CoreSettings) -> None:
         self.settings = settings
         parse_limit(settings.rate_limit)  # fail at startup on a bad SLUICE_RATE_LIMIT
+        # slowapi's Redis client is synchronous: each check holds the worker's event loop, and
+        # every open stream with it. Bounded, a Redis that hangs costs a request a 503, not
+        # the worker its streams (redis-py waits forever by default).
+        timeout = settings.rate_limit_timeout
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         self.limiter = Limiter(
             key_func=caller_key,
             storage_uri=settings.redis_url or f"{limit_storage.SCHEME}://",
+            storage_options=options if settings.redis_url else {},  # type: ignore[arg-type]
             headers_enabled=True,
             key_prefix=f"sluice:{settings.service_name}",
             strategy="moving-window",

@@ -67,6 +67,11 @@ class CoreSettings(BaseSettings):
     # Limits
     redis_url: str | None = Field(None, description="redis:// URL; limits shared across workers.")
     rate_limit: str = Field("120/minute", description="Requests per key (or client) per route.")
+    rate_limit_timeout: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds the rate-limit check may wait for Redis (its client blocks the worker).",
+    )
     max_streams_per_key: int = Field(20, ge=1, description="Concurrent streams of one caller.")
     max_streams_per_worker: int = Field(1000, ge=1, description="Concurrent streams a worker.")
     max_streams_global: int = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import pytest
@@ -200,3 +201,22 @@ async def test_rate_limits_shared_through_redis(redis_server: Proc) -> None:
             app = one if i % 2 else two
             codes.append((await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))).status)
     assert codes == [200, 200, 200, 200, 429, 429]
+
+
+async def test_regression_a_hung_redis_froze_the_worker_in_the_rate_limit_check() -> None:
+    # slowapi's Redis client is synchronous and redis-py waits forever by default: a Redis
+    # that accepts but never answers held the worker's event loop, and every stream on it.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel completes the handshake; nothing ever answers
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        app = make_app(Probe(), public=False, api_keys=KEYS, redis_url=url, rate_limit_timeout=0.2)
+        async with asgi.lifespan(app):
+            started = time.monotonic()
+            result = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
+            took = time.monotonic() - started
+    assert result.status == 503
+    error = json.loads(result.body)["error"]
+    assert error["type"] == "unavailable" and "Redis" in error["message"]
+    assert result.headers["retry-after"] == "1"
+    assert took < 5  # bounded by the timeout, not by TCP's minutes
