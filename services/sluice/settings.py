@@ -70,7 +70,7 @@ class CoreSettings(BaseSettings):
     rate_limit_timeout: float = Field(
         0.5,
         gt=0,
-        description="Seconds the rate-limit check may wait for Redis (its client blocks the worker).",
+        description="Seconds the rate-limit check waits for Redis (its client blocks the worker).",
     )
     max_streams_per_key: int = Field(20, ge=1, description="Concurrent streams of one caller.")
     max_streams_per_worker: int = Field(1000, ge=1, description="Concurrent streams a worker.")
