@@ -38,7 +38,7 @@ _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
-# Rolling restarts: each worker says booting/ready/draining here (sluice/handoff.py).
+# Rolling restarts: each worker says ready/leaving here (sluice/handoff.py).
 _state_dir = os.environ.get("SLUICE_WORKER_STATE_DIR") or tempfile.mkdtemp(
     prefix=f"sluice-workers-{_service}-"
 )

@@ -240,10 +240,7 @@ class StreamResponse(Response):
     async def _finish(self, send: Send, reason: EndReason) -> None:
         last: Event | bytes | None = None
         if reason is EndReason.DRAIN and self.fmt is not StreamFormat.TEXT:
-            retry = self.runtime.settings.reconnect_retry_ms
-            last = Event(
-                data={"reason": "drain", "retry_ms": retry}, event="reconnect", retry=retry
-            )
+            last = reconnect_hint(self.runtime.settings.reconnect_retry_ms)
         elif reason is EndReason.ERROR and self._failure is not None:
             last = self._failure.last
         elif reason is EndReason.ERROR and self.fmt is not StreamFormat.TEXT:
@@ -340,6 +337,12 @@ class StreamTicket:
         )
 
 
+def reconnect_hint(retry_ms: int) -> Event:
+    """The drain's "come back in ``retry_ms``": an ending stream's last event, or the whole
+    answer an EventSource gets from a draining worker."""
+    return Event(data={"reason": "drain", "retry_ms": retry_ms}, event="reconnect", retry=retry_ms)
+
+
 class Draining(ApiError):
     """A new stream while the worker drains: 503 + ``Retry-After``, but a reconnect hint to
     an ``EventSource``, which gives up for good on any answer but a 200 event stream."""
@@ -360,13 +363,8 @@ class Draining(ApiError):
     def response(self) -> Response:
         if not self.event_source:
             return super().response()
-        hint = Event(
-            data={"reason": "drain", "retry_ms": self.retry_ms},
-            event="reconnect",
-            retry=self.retry_ms,
-        )
         return Response(
-            encode(hint, StreamFormat.SSE),
+            encode(reconnect_hint(self.retry_ms), StreamFormat.SSE),
             media_type="text/event-stream",
             headers={**_STREAM_HEADERS, **self.renewal},
         )
