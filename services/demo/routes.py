@@ -55,12 +55,14 @@ def build_router(runtime: Runtime) -> APIRouter:
     @router.get("/toy-stream", response_class=StreamResponse, summary="Five lines, 1 s apart")
     @limit()
     async def toy_stream(request: Request) -> StreamResponse:
-        return await stream(request, toy_messages(settings.demo_toy_delay), StreamFormat.TEXT)
+        events = toy_messages(settings.demo_toy_delay)
+        return await stream(request, events, StreamFormat.TEXT, drain="finish")
 
     @router.get("/dummy-counter", response_class=StreamResponse, summary="Count: 1..10")
     @limit()
     async def dummy_counter(request: Request) -> StreamResponse:
-        return await stream(request, counter(settings.demo_counter_delay), StreamFormat.TEXT)
+        events = counter(settings.demo_counter_delay)
+        return await stream(request, events, StreamFormat.TEXT, drain="finish")
 
     @router.get("/dummy-events", response_class=StreamResponse, summary="Endless random SSE")
     @limit()

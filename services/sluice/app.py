@@ -97,6 +97,9 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         dependencies=[Depends(runtime.auth)],
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header
+        # (Host: evil.example -> a 307 there): a path is served as it is named, or is a 404.
+        redirect_slashes=False,
         # Sluice exports Prometheus metrics itself; FastAPI's native OpenTelemetry layer
         # costs ~60 us a request even when nothing is configured to receive it.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},

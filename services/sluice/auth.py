@@ -25,10 +25,12 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.metrics import AUTH_FAILURES
 from sluice.request_context import request_info, route_template
 from sluice.settings import CoreSettings
+from sluice.streaming import StreamResponse
 
 COOKIE_NAME = "sluice_stream_token"
 TOKEN_PREFIX = "st1."  # noqa: S105 - a format marker, not a secret
@@ -50,6 +52,10 @@ def key_id_of(digest: bytes) -> str:
     return digest.hex()[:8]
 
 
+PLACEHOLDER_KEY = "sk-change-me"
+"""The examples' placeholder keys start so; such a key is refused at start, everywhere."""
+
+
 class KeyStore:
     """The configured keys, as digests only."""
 
@@ -57,6 +63,12 @@ class KeyStore:
         self._digests: dict[bytes, str] = {}
         for key in keys:
             key = key.strip()
+            if key.lower().startswith(PLACEHOLDER_KEY):
+                raise ValueError(
+                    "an API key is the examples' placeholder (sk-change-me...), not a key: set"
+                    ' your own in SLUICE_API_KEYS / SLUICE_API_KEYS_FILE (python3 -c "import'
+                    " secrets; print('sk-' + secrets.token_urlsafe(32))\")"
+                )
             if key:
                 digest = hashlib.sha256(key.encode()).digest()
                 self._digests[digest] = key_id_of(digest)
@@ -133,27 +145,58 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+# The error body's ``code`` for each refusal (the metric's ``reason`` label is the key).
+_CODES = {
+    "missing": "missing_api_key",
+    "invalid": "invalid_api_key",
+    "malformed": "invalid_token",
+    "expired": "token_expired",
+    "missing_scheme": "invalid_authorization_header",
+    "key_in_url": "key_in_url",
+    "wrong_path": "token_out_of_scope",
+    "wrong_route": "token_not_for_this_route",
+}
+
+
 def _unauthorized(reason: str, message: str) -> ApiError:
     error = "invalid_request" if reason in ("missing_scheme", "key_in_url") else "invalid_token"
     challenge = 'Bearer realm="sluice"'
     if reason != "missing":
         challenge += f', error="{error}"'
-    exc = ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
-    exc.reason = reason  # type: ignore[attr-defined]
-    return exc
+    return _refusal(401, "unauthorized", reason, message, challenge)
 
 
 def _forbidden(reason: str, message: str) -> ApiError:
     challenge = 'Bearer realm="sluice", error="insufficient_scope"'
-    exc = ApiError(403, "forbidden", message, headers={"WWW-Authenticate": challenge})
+    return _refusal(403, "forbidden", reason, message, challenge)
+
+
+def _refusal(status: int, type: str, reason: str, message: str, challenge: str) -> ApiError:
+    fields = {"param": None, "code": _CODES[reason]}
+    exc = ApiError(status, type, message, {"WWW-Authenticate": challenge}, fields=fields)
     exc.reason = reason  # type: ignore[attr-defined]
     return exc
 
 
+def normal_path(path: str) -> str:
+    """``path`` with repeated slashes folded and no trailing slash (``//a//b/`` -> ``/a/b``)."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
 def path_in_scope(path: str, scope: str) -> bool:
+    """Whether a token scoped to ``scope`` opens ``path``: the same path, or one below it.
+    A scope of ``/`` (or one that folds to it) opens nothing: it would open every route."""
+    scope = normal_path(scope)
     if scope == "/":
-        return True
-    return path == scope or path.startswith(scope.rstrip("/") + "/")
+        return False
+    path = normal_path(path)
+    return path == scope or path.startswith(scope + "/")
+
+
+def is_stream_route(route: object) -> bool:
+    """A route declared to answer with a stream (``response_class=StreamResponse``)."""
+    response_class = getattr(route, "response_class", None)
+    return isinstance(response_class, type) and issubclass(response_class, StreamResponse)
 
 
 class Authenticator:
@@ -186,14 +229,27 @@ class Authenticator:
         if principal is None and route not in self.public:
             AUTH_FAILURES.labels(self.settings.service_name, "missing").inc()
             raise _unauthorized("missing", self._missing_message())
-        scope = principal.token_path if principal is not None else None
-        if scope is not None and not path_in_scope(request.url.path, scope):
-            AUTH_FAILURES.labels(self.settings.service_name, "wrong_path").inc()
-            raise _forbidden("wrong_path", f"this stream token is scoped to {scope}")
+        if principal is not None and principal.via == "stream_token":
+            self._check_token_use(request, principal)
         request.state.principal = principal
         info = request_info(request.scope)
         if info is not None and principal is not None:
             info.key_id = principal.key_id
+
+    def _check_token_use(self, request: Request, principal: Principal) -> None:
+        """A stream token starts streams, nothing else: GET on a stream route inside its
+        path. It never opens a POST (a chat completion, a job) or a JSON route."""
+        scope = principal.token_path or "/"
+        if request.method not in ("GET", "HEAD") or not is_stream_route(request.scope.get("route")):
+            AUTH_FAILURES.labels(self.settings.service_name, "wrong_route").inc()
+            raise _forbidden(
+                "wrong_route",
+                "a stream token only starts streams (GET on a streaming route); "
+                "send Authorization: Bearer <key> for this route",
+            )
+        if not path_in_scope(request.url.path, scope):
+            AUTH_FAILURES.labels(self.settings.service_name, "wrong_path").inc()
+            raise _forbidden("wrong_path", f"this stream token is scoped to {scope}")
 
     def _missing_message(self) -> str:
         if not len(self.keys):
@@ -273,8 +329,14 @@ class StreamTokenResponse(BaseModel):
     expires_in: int
 
 
+def _bad_token_path(problem: str) -> ApiError:
+    return ApiError(
+        422, "validation_error", f"path {problem}", fields={"param": "path", "code": "invalid_path"}
+    )
+
+
 def stream_token_router(auth: Authenticator) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=JsonBodyRoute)
 
     @router.post("/auth/stream-token", response_model=StreamTokenResponse, tags=["auth"])
     async def stream_token(
@@ -283,13 +345,16 @@ def stream_token_router(auth: Authenticator) -> APIRouter:
         principal: Principal | None = request.state.principal
         if principal is None or principal.via != "key":
             raise _unauthorized("missing", "a stream token is issued for an API key (Bearer)")
-        if ".." in body.path.split("/"):
-            raise ApiError(422, "validation_error", "path must not contain '..'")
-        token, cookie = auth.cookie_header(request, principal.key_id, body.path)
+        if {".", ".."} & set(body.path.split("/")):
+            raise _bad_token_path("must not contain '.' or '..' segments")
+        path = normal_path(body.path)
+        if path == "/":
+            raise _bad_token_path("must name a streaming route's prefix, not / (every route)")
+        token, cookie = auth.cookie_header(request, principal.key_id, path)
         response.headers["set-cookie"] = cookie
         response.headers["cache-control"] = "no-store"
         return StreamTokenResponse(
-            token=token, path=body.path, expires_in=auth.settings.stream_token_ttl
+            token=token, path=path, expires_in=auth.settings.stream_token_ttl
         )
 
     return router

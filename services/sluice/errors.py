@@ -1,4 +1,6 @@
-"""JSON errors: one body shape, ``{"error": {"type", "message"}}``, for every failure."""
+"""JSON errors: one body shape for every failure of every service,
+``{"error": {"type", "message", "param", "code"}}``: OpenAI's, so its SDKs read ``code``
+on every route (``code`` is the type unless the error names a more precise one)."""
 
 from __future__ import annotations
 
@@ -68,7 +70,9 @@ def error_response(
     details: Any = None,
     fields: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type, "message": message, **(fields or {})}
+    body: dict[str, Any] = {"type": type, "message": message, "param": None, "code": type}
+    if fields:
+        body.update(fields)
     if details is not None:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))

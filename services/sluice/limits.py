@@ -79,7 +79,7 @@ class RateLimits:
         # the worker its streams (redis-py waits forever by default).
         timeout = settings.rate_limit_timeout
         options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        self.limiter = Limiter(
+        self.limiter = _Limiter(
             key_func=caller_key,
             storage_uri=settings.redis_url or f"{limit_storage.SCHEME}://",
             storage_options=options if settings.redis_url else {},  # type: ignore[arg-type]
@@ -114,6 +114,19 @@ class RateLimits:
             f"rate limit exceeded: {exc.detail}; retry in {retry_after} s",
             headers,
         )
+
+
+class _Limiter(Limiter):  # slowapi is untyped (Any): nothing for mypy to check here
+    """slowapi's limiter, but ``Retry-After`` only where it means something (429, 503):
+    slowapi's headers put one on every response, a 200 stream's included."""
+
+    def _inject_headers(self, response: Response, current_limit: Any) -> Response:
+        had_retry_after = "retry-after" in response.headers
+        response = super()._inject_headers(response, current_limit)
+        if not had_retry_after and response.status_code not in (429, 503):
+            with contextlib.suppress(KeyError):
+                del response.headers["retry-after"]
+        return response
 
 
 class Slot:

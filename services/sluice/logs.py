@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("sluice_request_id", default=None)
+# Set (never reset) by a stream that ends by dropping its connection on purpose (a drained
+# text stream, a producer's abort): the server's request task then logs that the app
+# "returned without completing response", which for that task is no error.
+stream_cut_var: ContextVar[bool] = ContextVar("sluice_stream_cut", default=False)
+_INCOMPLETE = "ASGI callable returned without completing response."
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
@@ -44,6 +49,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+def _not_a_planned_cut(record: logging.LogRecord) -> bool:
+    return not (record.msg == _INCOMPLETE and stream_cut_var.get())
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
@@ -71,6 +80,9 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if _not_a_planned_cut not in uvicorn_error.filters:
+        uvicorn_error.addFilter(_not_a_planned_cut)
     # One access line per request comes from sluice.request_context; uvicorn's would repeat it.
     access = logging.getLogger("uvicorn.access")
     access.handlers = []

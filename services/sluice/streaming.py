@@ -8,17 +8,23 @@ client's ``http.disconnect`` and, on SSE, a heartbeat task writes a comment afte
 * the client went away             -> ``client_disconnect`` (the producer is cancelled at once)
 * one write blocked too long       -> ``send_timeout`` (a client that stopped reading)
 * the producer raised              -> ``error`` (SSE/NDJSON get a last ``error`` event)
-* the worker is draining           -> ``drain`` (a ``reconnect`` event, then a clean close)
+* the worker is draining           -> ``drain`` (SSE/NDJSON: a ``reconnect`` event, then a
+                                      clean close; text: the connection is dropped, so no
+                                      client takes a part for the whole answer)
+* the server cancelled the response -> ``cancelled`` (uvicorn, past its graceful timeout)
 
 The producer generator is always closed (its ``finally`` runs) before the response
-returns, and ``on_end`` callbacks run exactly once with the reason.
+returns, and the end is recorded (metrics, log, ``on_end`` callbacks, where cap slots are
+released) exactly once, in the outermost ``finally``, however the response ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +37,7 @@ from sluice.drain import DrainPolicy
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import HEARTBEAT, StreamFormat, encode
+from sluice.logs import stream_cut_var
 from sluice.request_context import body_send, request_info, route_template
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ class EndReason(enum.StrEnum):
     SEND_TIMEOUT = "send_timeout"
     ERROR = "error"
     DRAIN = "drain"
+    CANCELLED = "cancelled"  # the server cancelled the response (uvicorn, at shutdown)
 
 
 class StreamError(Exception):
@@ -159,7 +167,31 @@ class StreamResponse(Response):
         # Streams can live for hours: say when one opens, not only when it ends.
         if log.isEnabledFor(logging.INFO):
             log.info("stream started", extra={"route": route, "stream_format": self.fmt.value})
-        reason = EndReason.ERROR
+        # Cancelled from outside (the server gave up on this response at shutdown) unless a
+        # line below says otherwise. The outer ``finally`` records the end exactly once,
+        # whatever the inner blocks raise, a CancelledError included.
+        reason = EndReason.CANCELLED
+        try:
+            reason = await self._run(scope, receive, send, drain_turn)
+            if self._cut(reason):
+                # Returning without the final chunk makes the server drop the connection.
+                stream_cut_var.set(True)  # so its "returned without completing" line is ours
+                return
+            if reason is not EndReason.CLIENT_DISCONNECT and reason is not EndReason.SEND_TIMEOUT:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.send_timeout):
+                        await self._finish(body_send(scope, send), reason)
+        finally:
+            self._record(scope, route, reason, time.perf_counter() - started)
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, drain_turn: asyncio.Future[None]
+    ) -> EndReason:
+        """Start the response and its tasks; the first to end decides the end reason. The
+        tasks are cancelled and awaited, and the producer closed, before this returns."""
+        loop = asyncio.get_running_loop()
+        settings = self.runtime.settings
+        watchdog = self._watchdog
         tasks: list[asyncio.Task[None]] = []
         body = body_send(scope, send)  # the start goes through every layer, the body need not
         try:
@@ -175,37 +207,40 @@ class StreamResponse(Response):
             waiting = [*tasks, drain_turn, watchdog.stalled]
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if watchdog.stalled in done:
-                reason = EndReason.SEND_TIMEOUT
-            elif pump in done:
-                reason = _reason_of(pump)
+                return EndReason.SEND_TIMEOUT
+            if pump in done:
                 failure = pump.exception() if not pump.cancelled() else None
                 if isinstance(failure, StreamError):
                     self._failure = failure
-            elif listener in done:
-                reason = EndReason.CLIENT_DISCONNECT
-            elif heartbeat is not None and heartbeat in done:
-                reason = _reason_of(heartbeat)
-            else:
-                reason = EndReason.DRAIN
+                return _reason_of(pump)
+            if listener in done:
+                return EndReason.CLIENT_DISCONNECT
+            if heartbeat is not None and heartbeat in done:
+                return _reason_of(heartbeat)
+            return EndReason.DRAIN
         finally:
             watchdog.stop()
             for task in tasks:
                 task.cancel()
-            # Wait for the pump: cancelling it throws into the producer, whose finally runs now.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await _close(self.events)
-            self.runtime.drain.unregister(drain_turn)
-        abort = self._failure is not None and self._failure.abort
-        try:
-            if reason in (EndReason.COMPLETED, EndReason.ERROR, EndReason.DRAIN) and not abort:
-                async with asyncio.timeout(settings.send_timeout):
-                    await self._finish(body, reason)
-        except TimeoutError:
-            pass
-        finally:
-            self._record(scope, route, reason, time.perf_counter() - started)
-        if abort:
-            raise self._failure  # type: ignore[misc]  # the server drops the connection
+            try:
+                # Wait for the pump: cancelling it throws into the producer, whose finally
+                # runs now.
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await _close(self.events)
+            finally:
+                self.runtime.drain.unregister(drain_turn)
+
+    def _cut(self, reason: EndReason) -> bool:
+        """Whether this stream ends by dropping its connection rather than closing cleanly.
+
+        A producer may ask for it (``StreamError(abort=True)``). A drained text stream is
+        always cut: plain text has no reconnect hint, and a clean end would make a client
+        take the part it got for the whole answer. Finite text streams use the ``finish``
+        policy, so a drain reaches them only when the window is over.
+        """
+        if self._failure is not None and self._failure.abort:
+            return True
+        return reason is EndReason.DRAIN and self.fmt is StreamFormat.TEXT
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt
@@ -337,25 +372,29 @@ class StreamTicket:
         )
 
 
-def reconnect_hint(retry_ms: int) -> Event:
-    """The drain's "come back in ``retry_ms``": an ending stream's last event, or the whole
-    answer an EventSource gets from a draining worker."""
-    return Event(data={"reason": "drain", "retry_ms": retry_ms}, event="reconnect", retry=retry_ms)
+def reconnect_hint(retry_ms: int, reason: str = "drain") -> Event:
+    """ "Come back in ``retry_ms``": a drained stream's last event, or the whole answer an
+    EventSource gets when its stream is refused for now (``reason``: drain, server_full)."""
+    return Event(data={"reason": reason, "retry_ms": retry_ms}, event="reconnect", retry=retry_ms)
 
 
-class Draining(ApiError):
-    """A new stream while the worker drains: 503 + ``Retry-After``, but a reconnect hint to
-    an ``EventSource``, which gives up for good on any answer but a 200 event stream."""
+class RefusedForNow(ApiError):
+    """A stream refused for now (the worker drains, the server is full): the refusal's 503 +
+    ``Retry-After``, but to an ``EventSource``, which gives up for good on any answer but a
+    200 event stream, a 200 holding only a reconnect hint (and its renewed cookie)."""
 
     def __init__(
-        self, retry_ms: int, event_source: bool, renewal: Mapping[str, str] | None = None
+        self,
+        refusal: ApiError,
+        reason: str,
+        retry_ms: int,
+        event_source: bool,
+        renewal: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
-            503,
-            "draining",
-            "this server is restarting; reconnect shortly",
-            headers={"Retry-After": str(max(1, round(retry_ms / 1000)))},
+            refusal.status, refusal.type, refusal.message, refusal.headers, None, refusal.fields
         )
+        self.reason = reason  # the hint's: drain, server_full
         self.retry_ms = retry_ms
         self.event_source = event_source
         self.renewal = dict(renewal or {})  # the stream-token cookie, for that reconnect
@@ -364,7 +403,7 @@ class Draining(ApiError):
         if not self.event_source:
             return super().response()
         return Response(
-            encode(reconnect_hint(self.retry_ms), StreamFormat.SSE),
+            encode(reconnect_hint(self.retry_ms, self.reason), StreamFormat.SSE),
             media_type="text/event-stream",
             headers={**_STREAM_HEADERS, **self.renewal},
         )
@@ -375,15 +414,40 @@ def _event_source(request: Request) -> bool:
     return request.method == "GET" and "text/event-stream" in request.headers.get("accept", "")
 
 
-async def open_stream(request: Request) -> StreamTicket:
-    """Refuse while draining (see :class:`Draining`); take a stream-cap slot (429/503 when
-    over)."""
+def _refused_for_now(
+    request: Request, refusal: ApiError, reason: str, retry_ms: int
+) -> RefusedForNow:
     runtime: Runtime = request.app.state.runtime
+    event_source = _event_source(request)
+    renewal = runtime.auth.renewal(request) if event_source else None
+    return RefusedForNow(refusal, reason, retry_ms, event_source, renewal)
+
+
+async def open_stream(request: Request) -> StreamTicket:
+    """Leave to start a stream: refused while draining, and a stream-cap slot taken (429 when
+    the caller holds its maximum, 503 when the server or service does). Refusals for now
+    (drain, full) answer an EventSource with a reconnect hint (see :class:`RefusedForNow`):
+    after a full server's ``Retry-After`` plus a random share of it, so a refused crowd does
+    not come back at once."""
+    runtime: Runtime = request.app.state.runtime
+    retry_ms = runtime.settings.reconnect_retry_ms
     if runtime.drain.refusing:
-        event_source = _event_source(request)
-        renewal = runtime.auth.renewal(request) if event_source else None
-        raise Draining(runtime.settings.reconnect_retry_ms, event_source, renewal)
-    return StreamTicket(request, runtime, await runtime.caps.acquire(request))
+        refusal = ApiError(
+            503,
+            "draining",
+            "this server is restarting; reconnect shortly",
+            headers={"Retry-After": str(max(1, round(retry_ms / 1000)))},
+        )
+        raise _refused_for_now(request, refusal, "drain", retry_ms)
+    try:
+        slot = await runtime.caps.acquire(request)
+    except ApiError as exc:
+        if exc.type != "server_full":
+            raise
+        back_off = int(exc.headers.get("Retry-After", "5")) * 1000
+        retry_ms = back_off + random.randint(0, back_off)
+        raise _refused_for_now(request, exc, "server_full", retry_ms) from None
+    return StreamTicket(request, runtime, slot)
 
 
 async def stream(

@@ -70,13 +70,15 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
         "SLUICE_RECONNECT_RETRY_MS": "1500",
         "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
         "SLUICE_DEMO_TOY_DELAY": "5",
+        "SLUICE_DEMO_COUNTER_DELAY": "0.1",
     }
     demo = start_service("demo", log_dir, env, workers=2)
     nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)
     with running(nginx, demo):
         sse_clients = [Client() for _ in range(10)]
-        text_client = Client()
-        opened = threading.Barrier(len(sse_clients) + 2)
+        text_client = Client()  # a finite text stream the window cannot finish
+        counter_client = Client()  # one it can
+        opened = threading.Barrier(len(sse_clients) + 3)
         threads = [
             threading.Thread(target=follow_sse, args=(f"{nginx.url}/dummy-events", c, opened))
             for c in sse_clients
@@ -84,6 +86,11 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
         threads.append(
             threading.Thread(
                 target=follow_text, args=(f"{nginx.url}/toy-stream", text_client, opened)
+            )
+        )
+        threads.append(
+            threading.Thread(
+                target=follow_text, args=(f"{nginx.url}/dummy-counter", counter_client, opened)
             )
         )
         for t in threads:
@@ -117,10 +124,15 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
         assert client.retry == 1500
         assert client.clean
         assert client.events >= 1
-    assert text_client.error is None
-    assert text_client.clean
+    # Plain text has no reconnect hint: a text answer the window cannot finish is cut (the
+    # client sees an incomplete body), never ended cleanly as if it were whole.
+    assert text_client.error is not None and "RemoteProtocolError" in text_client.error
+    assert not text_client.clean
     assert text_client.lines[0] == "Starting stream..."
-    assert len(text_client.lines) < 5  # cut short by the drain, but closed properly
+    assert len(text_client.lines) < 5
+    # One it can finish runs to its end, whole.
+    assert counter_client.error is None, counter_client.error
+    assert counter_client.clean and len(counter_client.lines) == 10
     ends = sorted(c.ended_at - term_at for c in sse_clients if c.ended_at is not None)
     assert ends[-1] <= WINDOW + 1.0, ends
     assert ends[-1] - ends[0] >= WINDOW * 0.25, f"reconnects not spread: {ends}"

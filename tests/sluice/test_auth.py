@@ -237,3 +237,84 @@ def test_token_secret_agrees_across_workers_with_the_same_keys() -> None:
     two = KeyStore([KEY_B, KEY_A]).derived_secret()
     assert one == two
     assert one != KeyStore([KEY_A]).derived_secret()
+
+
+async def issue_token(app: object, path: str) -> asgi.Result:
+    return await asgi.request(
+        app,  # type: ignore[arg-type]
+        "/auth/stream-token",
+        method="POST",
+        headers=[*bearer(KEY_A), ("content-type", "application/json")],
+        body=json.dumps({"path": path}).encode(),
+    )
+
+
+@pytest.mark.parametrize("path", ["/", "//", "///", "/./", "/ticks/./x", "/ticks/.."])
+async def test_regression_a_stream_token_for_the_root_path_opened_every_route(path: str) -> None:
+    # A token scoped to / (or //) opened every route and method, POSTs included.
+    async with asgi.lifespan(protected()) as app:
+        issued = await issue_token(app, path)
+    assert issued.status == 422
+    error = json.loads(issued.body)["error"]
+    assert error["param"] == "path" and error["code"] == "invalid_path"
+
+
+async def test_stream_token_paths_are_normalised_when_issued() -> None:
+    async with asgi.lifespan(protected()) as app:
+        issued = await issue_token(app, "//ticks//")
+        token = json.loads(issued.body)["token"]
+        streamed = await asgi.request(app, "/ticks", headers=[("cookie", f"{COOKIE_NAME}={token}")])
+    assert issued.status == 200
+    assert json.loads(issued.body)["path"] == "/ticks"
+    assert "Path=/ticks;" in issued.headers["set-cookie"]
+    assert streamed.status == 200
+
+
+@pytest.mark.parametrize("scope", ["/", "//", "/ti"])
+async def test_a_token_scoped_to_the_root_or_a_partial_segment_opens_nothing(scope: str) -> None:
+    # Tokens signed before the fix (or by any other means) with a root scope are refused.
+    before = failures("wrong_path")
+    async with asgi.lifespan(protected()) as app:
+        token = app.state.runtime.auth.signer.issue(ID_A, scope, 60)
+        result = await asgi.request(app, "/ticks", headers=[("cookie", f"{COOKIE_NAME}={token}")])
+    assert result.status == 403
+    assert json.loads(result.body)["error"]["code"] == "token_out_of_scope"
+    assert failures("wrong_path") == before + 1
+
+
+async def test_a_stream_token_only_starts_streams_never_a_post_or_a_json_route() -> None:
+    before = failures("wrong_route")
+    async with asgi.lifespan(protected()) as app:
+        token = app.state.runtime.auth.signer.issue(ID_A, "/auth", 60)
+        cookie = [("cookie", f"{COOKIE_NAME}={token}"), ("content-type", "application/json")]
+        post = await asgi.request(
+            app, "/auth/stream-token", method="POST", headers=cookie, body=b'{"path": "/ticks"}'
+        )
+        ticks = app.state.runtime.auth.signer.issue(ID_A, "/ticks", 60)
+        as_post = await asgi.request(app, "/ticks", method="POST", headers=bearer(ticks))
+    assert post.status == 403
+    body = json.loads(post.body)["error"]
+    assert body["code"] == "token_not_for_this_route" and body["param"] is None
+    assert as_post.status in (403, 405)  # no POST /ticks: the method is refused either way
+    assert failures("wrong_route") >= before + 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ([], 401, "missing_api_key"),
+        (bearer("sk-wrong"), 401, "invalid_api_key"),
+        ([("authorization", "Basic x")], 401, "invalid_authorization_header"),
+        (bearer("st1.garbage"), 401, "invalid_token"),
+    ],
+)
+async def test_auth_errors_have_the_one_error_shape_with_param_and_code(
+    headers: list[tuple[str, str]], status: int, code: str
+) -> None:
+    # OpenAI's SDKs read error.code: 401/403 lacked param and code, so they reported None.
+    async with asgi.lifespan(protected()) as app:
+        result = await asgi.request(app, "/ticks", headers=headers)
+    assert result.status == status
+    error = json.loads(result.body)["error"]
+    assert set(error) == {"type", "message", "param", "code"}
+    assert error["code"] == code and error["param"] is None

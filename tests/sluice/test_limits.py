@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -109,6 +110,12 @@ async def _end_path(app: object, reason: EndReason) -> None:
         runtime.drain.begin()
         await task
         runtime.drain.draining = runtime.drain.refusing = False
+    elif reason is EndReason.CANCELLED:  # as uvicorn does past its graceful timeout
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     else:
         await asgi.stalled_client(app, "/ticks?count=100")  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import REGISTRY
 
 from sluice.app import create_app
+from sluice.drain import DrainPolicy
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.request_context import BODY_SEND
@@ -56,14 +59,19 @@ def make_app(probe: Probe, public: bool = True, **settings: object) -> FastAPI:
     def build(runtime: Runtime) -> APIRouter:
         router = APIRouter()
 
-        @router.get("/ticks")
+        @router.get("/ticks", response_class=StreamResponse)
         @runtime.rates.limit()
         async def ticks_route(
-            request: Request, count: int = 3, delay: float = 0.0, size: int = 0, fail_at: int = -1
+            request: Request,
+            count: int = 3,
+            delay: float = 0.0,
+            size: int = 0,
+            fail_at: int = -1,
+            policy: DrainPolicy = "reconnect",
         ) -> StreamResponse:
             fmt = choose_format(request, StreamFormat.SSE)
             events = ticks(probe, count, delay, size, fail_at)
-            return await stream(request, events, fmt, on_end=[probe.on_end])
+            return await stream(request, events, fmt, on_end=[probe.on_end], drain=policy)
 
         return router
 
@@ -196,7 +204,8 @@ async def test_errors_are_json() -> None:
         invalid = await asgi.request(app, "/ticks?count=many")
     assert (
         missing.status == 404
-        and missing.text == '{"error":{"type":"not_found","message":"Not Found"}}'
+        and missing.text
+        == '{"error":{"type":"not_found","message":"Not Found","param":null,"code":"not_found"}}'
     )
     assert bad_format.status == 400 and '"invalid_format"' in bad_format.text
     assert invalid.status == 422 and '"field":"query.count"' in invalid.text
@@ -304,3 +313,188 @@ async def test_regression_every_request_left_a_reference_cycle_through_its_scope
     assert result.status == 200
     http = [s for s in scopes if s["type"] == "http"]
     assert http and all(BODY_SEND not in s for s in http)
+
+
+async def test_regression_a_cancelled_stream_recorded_no_end_and_leaked_its_cap_slot() -> None:
+    # uvicorn cancels the responses still running past its graceful timeout. The end (the
+    # metrics, the log line, the on_end callbacks that release cap slots) was recorded after
+    # the first try/finally, so the CancelledError skipped it: the slot leaked and
+    # sluice_streams_active never went down.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe)) as app:
+        runtime = app.state.runtime
+        before = _sample("sluice_streams_active", route="/ticks")
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.05"))
+        await asyncio.sleep(0.2)
+        assert runtime.caps.local_total == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = _sample("sluice_streams_active", route="/ticks")
+        ended = _sample("sluice_streams_ended_total", route="/ticks", reason="cancelled")
+        assert runtime.caps.local_total == 0
+        assert runtime.drain.open_streams == 0
+    assert probe.reasons == [EndReason.CANCELLED]
+    assert probe.closed_at is not None  # the producer's finally ran
+    assert after == before
+    assert ended is not None and ended >= 1
+
+
+async def test_a_stream_cancelled_again_while_it_cleans_up_still_records_its_end_once() -> None:
+    closing = asyncio.Event()
+    probe = Probe()
+
+    async def slow_to_close() -> AsyncIterator[Event]:
+        try:
+            while True:
+                yield Event(data="x")
+                await asyncio.sleep(0.05)
+        finally:
+            closing.set()
+            await asyncio.sleep(5)  # a producer whose cleanup awaits; cancelled again here
+
+    def build(runtime: Runtime) -> APIRouter:
+        router = APIRouter()
+
+        @router.get("/slow", response_class=StreamResponse)
+        async def slow(request: Request) -> StreamResponse:
+            return await stream(request, slow_to_close(), StreamFormat.SSE, on_end=[probe.on_end])
+
+        return router
+
+    app = create_app(
+        CoreSettings(service_name="test"), title="t", routers=[build], public_routes=["/slow"]
+    )
+    async with asgi.lifespan(app):
+        task = asyncio.create_task(asgi.request(app, "/slow"))
+        await asyncio.sleep(0.15)
+        task.cancel()
+        await asyncio.wait_for(closing.wait(), 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert app.state.runtime.caps.local_total == 0
+    assert probe.reasons == [EndReason.CANCELLED]
+
+
+async def test_a_drained_endless_text_stream_is_cut_not_ended_cleanly() -> None:
+    # A clean end after part of a plain-text answer looks, to curl and every HTTP client,
+    # like the whole answer: text has no reconnect hint, so the drain drops the connection.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, drain_window=0.2)) as app:
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.02&format=text"))
+        await asyncio.sleep(0.1)
+        app.state.runtime.drain.begin()
+        result = await task
+    assert probe.reasons == [EndReason.DRAIN]
+    assert result.status == 200 and result.chunks
+    assert not result.completed  # no final chunk: the server closes the connection
+
+
+def test_a_drained_text_stream_on_a_real_socket_is_a_cut_and_logs_no_error() -> None:
+    """uvicorn over a real socket: the client reads a chunked body that never ends properly,
+    and the server's "returned without completing" line is not logged for a planned cut."""
+    probe = Probe()
+    port = free_port()
+
+    async def main() -> bytes:
+        app = make_app(probe, drain_window=0.1)
+        server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="on"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ticks?count=1000&delay=0.02&format=text HTTP/1.1\r\nHost: t\r\n\r\n")
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            app.state.runtime.drain.begin()
+            async with asyncio.timeout(5):
+                return await reader.read(-1)  # until the server closes
+        finally:
+            writer.close()
+            server.should_exit = True
+            await task
+
+    with logs.captured("uvicorn.error") as records:
+        body = asyncio.run(main())
+    assert probe.reasons == [EndReason.DRAIN]
+    assert body and not body.endswith(b"0\r\n\r\n")  # chunked, without its last chunk
+    assert not [r for r in records if "without completing" in r.getMessage()]
+
+
+async def test_a_finite_text_stream_finishes_within_the_drain_window() -> None:
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, drain_window=1.0)) as app:
+        target = "/ticks?count=10&delay=0.03&format=text&policy=finish"
+        task = asyncio.create_task(asgi.request(app, target))
+        await asyncio.sleep(0.05)
+        app.state.runtime.drain.begin()
+        result = await task
+    assert probe.reasons == [EndReason.COMPLETED]
+    assert result.completed and result.text.count("\n") == 10
+
+
+async def test_a_finite_text_stream_still_running_when_the_window_ends_is_cut() -> None:
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, drain_window=0.2)) as app:
+        target = "/ticks?count=100&delay=0.05&format=text&policy=finish"
+        task = asyncio.create_task(asgi.request(app, target))
+        await asyncio.sleep(0.05)
+        began = time.perf_counter()
+        app.state.runtime.drain.begin()
+        result = await task
+        took = time.perf_counter() - began
+    assert probe.reasons == [EndReason.DRAIN]
+    assert not result.completed
+    assert 0.15 <= took < 1.0
+
+
+def _sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"service": "test", **labels})
+
+
+async def test_regression_a_trailing_slash_redirected_to_the_host_header() -> None:
+    # Starlette redirected /ticks/ to http://<Host header>/ticks: an open redirect.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe)) as app:
+        result = await asgi.request(app, "/ticks/", headers=[("host", "evil.example")])
+        plain = await asgi.request(app, "/healthz/", headers=[("host", "evil.example")])
+    assert result.status == 404 and plain.status == 404
+    assert "location" not in result.headers and "location" not in plain.headers
+    assert json.loads(result.body)["error"]["type"] == "not_found"
+
+
+async def test_regression_every_200_stream_carried_retry_after() -> None:
+    # slowapi's rate-limit headers add Retry-After to every response; only 429/503 mean it.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, rate_limit="2/minute")) as app:
+        first = await asgi.request(app, "/ticks?count=1")
+        second = await asgi.request(app, "/ticks?count=1")
+        limited = await asgi.request(app, "/ticks?count=1")
+    for ok in (first, second):
+        assert ok.status == 200
+        assert "retry-after" not in ok.headers
+        assert "x-ratelimit-limit" in ok.headers  # the limit's own headers stay
+    assert limited.status == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+async def test_a_full_server_answers_an_event_source_with_a_reconnect_hint_not_a_503() -> None:
+    # EventSource gives up for good on a 503: a full worker's refusal ended a page's stream.
+    probe = Probe()
+    app = make_app(probe, max_streams_per_worker=1, max_streams_per_key=10)
+    async with asgi.lifespan(app):
+        holder = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.05"))
+        await asyncio.sleep(0.1)
+        sse = [("accept", "text/event-stream")]
+        hinted = await asgi.request(app, "/ticks", headers=sse)
+        plain = await asgi.request(app, "/ticks")
+        app.state.runtime.drain.begin()
+        await holder
+    assert hinted.status == 200
+    assert hinted.headers["content-type"].startswith("text/event-stream")
+    assert hinted.text.startswith('event: reconnect\ndata: {"reason":"server_full","retry_ms":')
+    retry = int(hinted.text.split("retry: ")[1].split("\n")[0])
+    assert 5000 <= retry <= 10000  # a full server's Retry-After, and a random share more
+    assert plain.status == 503
+    error = json.loads(plain.body)["error"]
+    assert error["type"] == "server_full" and plain.headers["retry-after"] == "5"
