@@ -24,3 +24,9 @@ ROTATIONS = Counter(
     "File changes seen (kind: rename|truncate|delete|create).",
     ["service", "file", "kind"],
 )
+REFUSALS = Counter(
+    "sluice_log_tail_refusals_total",
+    "Times a file's path led somewhere it must not be read (reason: symlink|not_directory|"
+    "not_regular|hard_link|other_device|unreadable); its history was dropped.",
+    ["service", "file", "reason"],
+)

@@ -88,7 +88,8 @@ def build_router(runtime: Runtime) -> APIRouter:
             principal = getattr(request.state, "principal", None)
             names = sorted(service.tailers) if principal is not None else []
             return JSONResponse({"files": names})
-        return await stream(request, _seed(settings.log_tail_seed_delay), StreamFormat.TEXT)
+        seed = _seed(settings.log_tail_seed_delay)
+        return await stream(request, seed, StreamFormat.TEXT, drain="finish")  # finite
 
     @router.get("/logs/{name}", response_class=StreamResponse)
     @limit()
@@ -127,8 +128,13 @@ def build_router(runtime: Runtime) -> APIRouter:
                 GAPS.labels(settings.service_name, name, reason).inc()
                 gap = Notice("gap", {"reason": reason, "file": name})
                 backlog = [gap, *[x for x in tailer.ring if x.ino == tailer.ino]]
+        refusal = tailer.refusal()
+        if refusal is not None:  # nothing of the file is kept: say why nothing comes
+            backlog.append(refusal)
         events = _chunks(tailer, follower, backlog, matches, fmt)
-        return await stream(request, events, fmt)
+        # Without follow the answer is finite: a drain lets it finish. A follower is endless:
+        # SSE/NDJSON get the reconnect hint and resume by id; text is cut (see streaming).
+        return await stream(request, events, fmt, drain="reconnect" if follow else "finish")
 
     async def _chunks(
         tailer: Tailer,

@@ -8,6 +8,14 @@ Partial lines wait for their newline (or the line length cap); bytes are decoded
 replacement, so binary garbage never breaks a stream.
 
 A line's position is ``(inode, offset of its end)``: the id a follower resumes from.
+
+Every look at the path goes through ``files``' no-symlink walk, and bytes are only ever read
+from the descriptor that walk opened and validated. When a check fails (a symlink anywhere in
+the path, a FIFO or device, a hard link, another device), the file is *refused*: its
+descriptor is closed, its history (ring, partial line, position, what followers have queued)
+is dropped, followers get a ``refused`` notice with the reason, and nothing of it is served
+again; when a valid file is back at the path it is followed again from offset 0
+(``created``).
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from log_tail.files import open_regular, stat_regular
-from log_tail.metrics import FOLLOWERS, GAPS, LINES_READ, ROTATIONS
+from log_tail.files import Refused, check_path, folder_identity, open_checked, open_folder
+from log_tail.metrics import FOLLOWERS, GAPS, LINES_READ, REFUSALS, ROTATIONS
 from sluice.events import Event
 from sluice.formats import StreamFormat, encode
 
@@ -85,7 +93,9 @@ class Tailer:
         self.ring: deque[Line] = deque(maxlen=ring)
         self.followers: set[Follower] = set()
         self.fd: int | None = None
+        self.dev = 0
         self.ino = 0
+        self.refused: str | None = None  # why the path is not read now, if it is not
         self.offset = 0  # next byte to read
         self.partial = b""
         self._wake = asyncio.Event()
@@ -108,22 +118,49 @@ class Tailer:
             self.fd = None
 
     async def _watch(self) -> None:
-        """inotify (through watchfiles) on the file's folder: wake the reader at once."""
-        target = str(self.path)
-        folder = self.path.parent
+        """inotify (through watchfiles) on the file's folder: wake the reader at once.
+
+        A wake only makes ``_sync`` run its checks sooner; it never reads by itself."""
         while True:
             try:
-                async for _ in awatch(
-                    folder,
-                    watch_filter=lambda _, p: p == target,
-                    debounce=50,
-                    step=5,
-                    recursive=False,
-                ):
-                    self._wake.set()
+                await self._watch_folder()
             except Exception as exc:  # no folder yet, inotify limits: polling still runs
-                log.debug("watching %s failed (%s); polling", folder, exc)
+                log.debug("watching %s failed (%s); polling", self.path.parent, exc)
             await asyncio.sleep(self.poll)
+
+    async def _watch_folder(self) -> None:
+        """Watch the folder the no-symlink walk reaches, through its descriptor
+        (``/proc/self/fd/N``), so a folder swapped for a symlink is never what is watched;
+        once the walk reaches another folder, or none, return (and watch again)."""
+        try:
+            folder = open_folder(self.path)
+        except Refused:
+            return
+        if folder is None:
+            return
+        try:
+            info = os.fstat(folder)
+            identity = (info.st_dev, info.st_ino)
+            watched = f"/proc/self/fd/{folder}"
+            wanted = {watched, f"{watched}/{self.path.name}"}
+            changes = awatch(
+                watched,
+                watch_filter=lambda _, p: p in wanted,
+                debounce=50,
+                step=5,
+                recursive=False,
+                rust_timeout=max(50, int(self.poll * 1000)),
+                yield_on_timeout=True,
+            )
+            async with contextlib.aclosing(changes):
+                async for batch in changes:
+                    if batch:
+                        self._wake.set()
+                    if folder_identity(self.path) != identity:
+                        self._wake.set()
+                        return
+        finally:
+            os.close(folder)
 
     async def _run(self) -> None:
         while True:
@@ -139,11 +176,15 @@ class Tailer:
     # -- reading ----------------------------------------------------------------------
     def _open_initial(self) -> None:
         """At startup: open the file if it is there and keep its last lines."""
-        opened = open_regular(self.path)
+        try:
+            opened = open_checked(self.path)
+        except Refused as refused:
+            self._refuse(refused)
+            return
         if opened is None:
             return
         self.fd, info = opened
-        self.ino = info.st_ino
+        self.dev, self.ino = info.st_dev, info.st_ino
         start = max(0, info.st_size - self.ring.maxlen * 256) if self.ring.maxlen else 0
         self.offset = start
         if start:  # begin at a line boundary
@@ -153,12 +194,18 @@ class Tailer:
         self._read_available(broadcast=False)
 
     async def _sync(self) -> None:
-        current = stat_regular(self.path)
+        try:
+            current = check_path(self.path)
+        except Refused as refused:
+            self._refuse(refused)
+            return
         if self.fd is None:
             if current is not None:
                 self._open_new(kind="create")
+            else:
+                self.refused = None  # gone: a file that comes back is "created"
             return
-        if current is None or current.st_ino != self.ino:
+        if current is None or (current.st_dev, current.st_ino) != (self.dev, self.ino):
             self._read_available()
             self._flush_partial()
             os.close(self.fd)
@@ -178,17 +225,49 @@ class Tailer:
         await asyncio.sleep(0)
 
     def _open_new(self, kind: str | None) -> None:
-        opened = open_regular(self.path)
+        try:
+            opened = open_checked(self.path)
+        except Refused as refused:
+            self._refuse(refused)
+            return
         if opened is None:
             return
         self.fd, info = opened
-        self.ino = info.st_ino
+        self.dev, self.ino = info.st_dev, info.st_ino
         self.offset = 0
         self.partial = b""
+        self.refused = None
         if kind is not None:
             ROTATIONS.labels(self.service, self.name, kind).inc()
             self._broadcast(Notice("created", {"file": self.name}))
         self._read_available()
+
+    def _refuse(self, refused: Refused) -> None:
+        """The path may not be read: forget the file, tell followers why, once per reason."""
+        if self.fd is None and self.refused == refused.reason:
+            return
+        log.warning("log file %s refused (%s)", self.name, refused)
+        REFUSALS.labels(self.service, self.name, refused.reason).inc()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.dev = self.ino = self.offset = 0
+        self.partial = b""
+        self.ring.clear()
+        self.refused = refused.reason
+        notice = self.refusal()
+        assert notice is not None
+        for follower in self.followers:  # what they had queued is that history too
+            while not follower.queue.empty():
+                follower.queue.get_nowait()
+            follower.missed = 0
+            follower.queue.put_nowait(notice)
+
+    def refusal(self) -> Notice | None:
+        """The ``refused`` notice while the path is refused, for followers arriving then."""
+        if self.refused is None:
+            return None
+        return Notice("refused", {"file": self.name, "reason": self.refused})
 
     def _read_available(self, broadcast: bool = True) -> None:
         assert self.fd is not None

@@ -8,23 +8,30 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, NamedTuple
 from urllib.parse import quote
 
 import httpx
 import httpx_sse
 import pytest
 
+from tests.log_tail.swaps import FOREIGN, leaks
 from tests.log_tail.test_routes import HOSTILE
+from tests.support.metrics import value, wait_for
 from tests.support.procs import Proc, running, start_nginx, start_service
 
 KEY = "sk-e2e-logtail-000000000000000001"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+class TailStack(NamedTuple):
+    nginx: Proc
+    service: Proc
+    log: Path
+
+
 @pytest.fixture(scope="module")
-def tail_stack(
-    log_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Proc, Path]]:
+def tail_stack(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailStack]:
     folder = tmp_path_factory.mktemp("logs")
     log = folder / "app.log"
     log.write_text("boot\n")
@@ -37,7 +44,7 @@ def tail_stack(
     service = start_service("log-tail", log_dir, env, workers=1)
     nginx = start_nginx({"log-tail": f"127.0.0.1:{service.port}"}, log_dir)
     with running(nginx, service):
-        yield nginx, log
+        yield TailStack(nginx, service, log)
 
 
 def writer(log: Path, lines: list[str], gap: float) -> threading.Thread:
@@ -52,8 +59,8 @@ def writer(log: Path, lines: list[str], gap: float) -> threading.Thread:
     return thread
 
 
-def test_curl_follows_live_lines(tail_stack: tuple[Proc, Path]) -> None:
-    nginx, log = tail_stack
+def test_curl_follows_live_lines(tail_stack: TailStack) -> None:
+    nginx, _, log = tail_stack
     proc = subprocess.Popen(
         ["curl", "-sN", "-H", f"Authorization: Bearer {KEY}", f"{nginx.url}/logs/app?lines=1"],
         stdout=subprocess.PIPE,
@@ -68,8 +75,8 @@ def test_curl_follows_live_lines(tail_stack: tuple[Proc, Path]) -> None:
     assert got[-5:] == [f"curl line {i}" for i in range(5)]
 
 
-def test_sse_client_follows_and_resumes(tail_stack: tuple[Proc, Path]) -> None:
-    nginx, log = tail_stack
+def test_sse_client_follows_and_resumes(tail_stack: TailStack) -> None:
+    nginx, _, log = tail_stack
     thread = writer(log, [f"sse line {i}" for i in range(6)], 0.1)
     seen = []
     with httpx.Client(timeout=10, headers=AUTH) as client:
@@ -92,8 +99,8 @@ def test_sse_client_follows_and_resumes(tail_stack: tuple[Proc, Path]) -> None:
 
 
 @pytest.mark.parametrize("name", [*HOSTILE, "..%2F..%2Fsecret", "%2e%2e/secret", "app/../secret"])
-def test_hostile_names_through_nginx_read_nothing(tail_stack: tuple[Proc, Path], name: str) -> None:
-    nginx, _ = tail_stack
+def test_hostile_names_through_nginx_read_nothing(tail_stack: TailStack, name: str) -> None:
+    nginx = tail_stack.nginx
     name = quote(name, safe=string.punctuation)  # only what curl cannot send raw (spaces)
     out = subprocess.run(
         [
@@ -117,7 +124,75 @@ def test_hostile_names_through_nginx_read_nothing(tail_stack: tuple[Proc, Path],
     assert "root:" not in body
 
 
-def test_list_through_nginx(tail_stack: tuple[Proc, Path]) -> None:
-    nginx, _ = tail_stack
+def test_list_through_nginx(tail_stack: TailStack) -> None:
+    nginx = tail_stack.nginx
     listed = httpx.get(f"{nginx.url}/logs", headers={**AUTH, "Accept": "application/json"})
     assert listed.json() == {"files": ["app"]}
+
+
+def lines_of(stream: IO[bytes]) -> tuple[list[str], threading.Thread]:
+    """Every line ``stream`` gives, collected by a thread until it closes."""
+    lines: list[str] = []
+
+    def run() -> None:
+        for raw in stream:
+            lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return lines, thread
+
+
+def test_a_folder_swapped_for_a_symlink_serves_nothing_of_its_target(
+    tail_stack: TailStack,
+) -> None:
+    """The followed file's folder becomes a symlink to a folder with an app.log of its own:
+    the curl follower is told ``refused``, nothing of the target reaches it or a backlog,
+    the service stays ready and counts the refusal; the real folder back, the file is
+    followed again from its first line. (Last in the module: it swaps the shared folder.)"""
+    nginx, service, log = tail_stack
+    folder = log.parent
+    foreign = folder.with_name(folder.name + "-foreign")
+    saved = folder.with_name(folder.name + "-saved")
+    foreign.mkdir()
+    (foreign / "app.log").write_text(FOREIGN * 3)
+    curl = subprocess.Popen(
+        ["curl", "-sN", "-H", f"Authorization: Bearer {KEY}", f"{nginx.url}/logs/app?lines=1"],
+        stdout=subprocess.PIPE,
+    )
+    assert curl.stdout is not None
+    lines, reader = lines_of(curl.stdout)
+    try:
+        writer(log, ["before the swap"], 0.2).join()
+        wait_for(lambda: "before the swap" in lines, 5, what="the follower reads the file")
+        folder.rename(saved)
+        folder.symlink_to(foreign, target_is_directory=True)
+        try:
+            refused = "==> app: refused file=app reason=symlink <=="
+            wait_for(lambda: refused in lines, 5, what="the follower is told")
+            writer(foreign / "app.log", [FOREIGN.strip()] * 3, 0.1).join()
+            time.sleep(0.5)  # several polls and wakes with the target growing
+            backlog = httpx.get(
+                f"{nginx.url}/logs/app?lines=100&follow=false&format=ndjson", headers=AUTH
+            )
+            ready = httpx.get(f"{service.url}/readyz")
+            refusals = value(
+                service.url, "sluice_log_tail_refusals_total", file="app", reason="symlink"
+            )
+        finally:
+            folder.unlink()
+            saved.rename(folder)
+        writer(log, ["after the swap"], 0.1).join()
+        wait_for(lambda: "after the swap" in lines, 5, what="the real file followed again")
+    finally:
+        curl.kill()
+        curl.wait(5)
+        reader.join(5)
+    assert not any(leaks(line) for line in lines)
+    assert backlog.status_code == 200 and not leaks(backlog.text)
+    assert '"event":"refused"' in backlog.text and '"reason":"symlink"' in backlog.text
+    assert ready.status_code == 200
+    assert refusals == 1
+    again = lines[lines.index(refused) + 1 :]
+    assert again[:2] == ["==> app: created file=app <==", "boot"]  # from the first line
+    assert again[-1] == "after the swap"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from log_tail.files import ConfigError, open_regular, parse_files
+from log_tail.files import ConfigError, Refused, open_checked, parse_files
 from log_tail.metrics import LINES_READ
 from log_tail.tailer import Follower, Line, Notice, Tailer
 
@@ -212,9 +212,10 @@ async def test_a_path_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> N
         items = [follower.queue.get_nowait() for _ in range(follower.queue.qsize())]
     finally:
         await t.stop()
-    assert [i.kind for i in items if isinstance(i, Notice)] == ["deleted"]
+    assert [i.kind for i in items if isinstance(i, Notice)] == ["refused"]
     assert not any(isinstance(i, Line) for i in items)
-    assert open_regular(log) is None
+    with pytest.raises(Refused, match="symlink"):
+        open_checked(log)
 
 
 def test_config_parsing_and_refusals(tmp_path: Path) -> None:
@@ -228,5 +229,7 @@ def test_config_parsing_and_refusals(tmp_path: Path) -> None:
             parse_files(bad, None)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    assert open_regular(fifo) is None
-    assert open_regular(tmp_path) is None
+    for not_a_file in (fifo, tmp_path):
+        with pytest.raises(Refused) as refused:
+            open_checked(not_a_file)
+        assert refused.value.reason == "not_regular"
