@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from mock_upstream.faults import Faults, FaultSpecError, parse_faults
 from mock_upstream.ledger import Entry, Ledger
 from mock_upstream.settings import MockSettings
+from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.formats import StreamFormat
 from sluice.logs import request_id_var
@@ -82,7 +83,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     assert isinstance(settings, MockSettings)
     models = [m.strip() for m in settings.mock_models.split(",") if m.strip()]
     ledger = Ledger()
-    router = APIRouter(tags=["mock upstream"])
+    router = APIRouter(tags=["mock upstream"], route_class=JsonBodyRoute)
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
