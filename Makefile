@@ -49,9 +49,9 @@ system-deps:
 system-deps-test:
 	$(call install_missing,$(TEST_DEPS))
 
+# Checks every setting first; honcho reads no env file (.env is compose's), see sluice.devstack.
 run: venv system-deps
-	@$(BIN)/python -m sluice.devstack prepare
-	@exec $(BIN)/honcho -f .run/Procfile -d . start
+	@exec $(BIN)/python -m sluice.devstack run
 
 lint: venv
 	$(BIN)/ruff check services tests benchmarks deploy loadtests
@@ -90,8 +90,10 @@ loadtest: venv
 	  --host $(LOADTEST_HOST) -u $(LOADTEST_USERS) -r 10 -t $(LOADTEST_TIME) --stop-timeout 15 \
 	  --csv loadtests/reports/sluice --html loadtests/reports/sluice.html
 
+# Without a .env, one with a generated key (compose refuses to start with no key).
 compose-smoke:
-	@test -f .env || cp .env.example .env
+	@test -f .env || sed "s/^SLUICE_API_KEYS=$$/SLUICE_API_KEYS=sk-$$(openssl rand -hex 24)/" \
+	  .env.example > .env
 	docker compose up -d --build --wait
 	SLUICE_SMOKE_KEY=$$(grep ^SLUICE_API_KEYS= .env | cut -d= -f2 | cut -d, -f1) \
 	  deploy/smoke.sh http://localhost:8080; status=$$?; docker compose down; exit $$status

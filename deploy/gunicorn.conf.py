@@ -19,7 +19,7 @@ _service = CoreSettings().service_name
 
 bind = _server.bind
 workers = _server.workers
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "sluice.worker.SluiceWorker"  # uvicorn's, with request-head limits
 max_requests = 0  # never recycle a worker under live streams
 max_requests_jitter = 0
 graceful_timeout = math.ceil(_server.effective_graceful_timeout)

@@ -12,7 +12,7 @@ curl -sf "$BASE/healthz" | grep -q '"ok"' || fail "nginx /healthz"; check health
 curl -sfN --max-time 10 "$BASE/toy-stream" | grep -q "End of stream." || fail toy-stream; check toy-stream
 curl -sfN --max-time 10 "$BASE/dummy-counter" | grep -q "Count: 10" || fail dummy-counter; check dummy-counter
 curl -sN --max-time 3 "$BASE/dummy-events" | grep -q "^event: " || fail dummy-events; check dummy-events
-curl -sfN --max-time 20 "$BASE/chat-stream?prompt=Tell+a+story" | grep -q . || fail chat-stream; check chat-stream
+curl -sfN --max-time 20 "${AUTH[@]}" "$BASE/chat-stream?prompt=Tell+a+story" | grep -q . || fail chat-stream; check chat-stream
 curl -sfN --max-time 20 "$BASE/v1/chat/completions" "${AUTH[@]}" -H 'Content-Type: application/json' \
   -d '{"model": "mock-gpt", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}' \
   | grep -q "data: \[DONE\]" || fail "v1/chat/completions"; check v1/chat/completions

@@ -1,9 +1,15 @@
 """The local stack: how each process is started, for ``make run`` and the test suite alike.
 
-``python -m sluice.devstack prepare`` renders the nginx configuration and a Procfile
-into ``.run/`` (git-ignored) and prints the URLs; ``make run`` then hands the Procfile
-to honcho. The tests start the same commands with other ports, so what is tested is
-what runs.
+``python -m sluice.devstack run`` (what ``make run`` runs) checks every process's
+settings, renders the nginx configuration and a Procfile into ``.run/`` (git-ignored),
+prints the URLs and hands the Procfile to honcho (``start``). The tests start the same
+commands with other ports, so what is tested is what runs.
+
+honcho reads no env file here: ``.env`` is compose's (it holds compose's keys), and honcho
+would let it override what the user exported. Dependencies (nginx, Redis, Prometheus, the
+progress worker) run under ``sluice.supervise``, so one dying does not end the stack and
+Ctrl-C stops nginx gracefully; honcho waits for the longest graceful timeout, so a drain
+is not cut short.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import secrets
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sluice import devcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "nginx"
@@ -30,6 +38,7 @@ class Service:
     name: str
     factory: str  # gunicorn app spec
     port: int  # default local port
+    settings: str  # its settings class, module:Class
 
     @property
     def env_prefix(self) -> str:
@@ -39,11 +48,20 @@ class Service:
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in (
-        Service("demo", "demo.app:create_app()", 8001),
-        Service("chat-proxy", "chat_proxy.app:create_app()", 8002),
-        Service("progress", "progress.app:create_app()", 8003),
-        Service("log-tail", "log_tail.app:create_app()", 8004),
-        Service("mock-upstream", "mock_upstream.app:create_app()", 8009),
+        Service("demo", "demo.app:create_app()", 8001, "demo.settings:DemoSettings"),
+        Service(
+            "chat-proxy", "chat_proxy.app:create_app()", 8002, "chat_proxy.settings:ChatSettings"
+        ),
+        Service(
+            "progress", "progress.app:create_app()", 8003, "progress.settings:ProgressSettings"
+        ),
+        Service("log-tail", "log_tail.app:create_app()", 8004, "log_tail.settings:LogTailSettings"),
+        Service(
+            "mock-upstream",
+            "mock_upstream.app:create_app()",
+            8009,
+            "mock_upstream.settings:MockSettings",
+        ),
     )
 }
 NGINX_PORT = 8080
@@ -119,7 +137,7 @@ def dev_key(run_dir: Path, env: Mapping[str, str]) -> tuple[Path, str] | None:
     return path, path.read_text().strip()
 
 
-def local_redis(run_dir: Path, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+def local_redis(run_dir: Path, env: Mapping[str, str]) -> tuple[str | None, list[str] | None]:
     """The Redis progress uses: the configured one, else a local redis-server if installed
     (started in the Procfile on its own port), else none (embedded mode)."""
     if env.get("SLUICE_REDIS_URL"):
@@ -143,7 +161,7 @@ def local_redis(run_dir: Path, env: Mapping[str, str]) -> tuple[str | None, str 
         "--dir",
         str(data),
     ]
-    return f"redis://127.0.0.1:{port}/0", f"redis: {shlex.join(argv)}"
+    return f"redis://127.0.0.1:{port}/0", argv
 
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -230,19 +248,24 @@ def stack_logs(run_dir: Path) -> str:
     return ",".join(f"{name}={path}" for name, path in files.items())
 
 
-def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
-    """Write ``run_dir``'s nginx config and Procfile; return what to print to the user."""
-    nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
-    generated = dev_key(run_dir, env)
-    ports = {s.name: _port(env, s.env_prefix + "_PORT", s.port) for s in SERVICES.values()}
-    upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    conf = write_nginx(run_dir / "nginx", f"127.0.0.1:{nginx_port}", upstreams)
-    lines = [f"nginx: {shlex.join(nginx_command(conf))}"]
-    redis_url, redis_line = local_redis(run_dir, env)
-    if redis_line:
-        lines.append(redis_line)
+def supervised(name: str, argv: Sequence[str], kill_after: float, stop: str = "TERM") -> str:
+    """A Procfile command for a dependency: kept alive, stopped with ``stop`` (sluice.supervise)."""
+    python = shlex.quote(sys.executable)
+    head = f"{python} -m sluice.supervise --name {name} --stop-signal {stop}"
+    return f"{head} --kill-after {kill_after:g} -- {shlex.join(argv)}"
+
+
+def service_envs(
+    run_dir: Path,
+    env: Mapping[str, str],
+    upstreams: Mapping[str, str],
+    redis_url: str | None,
+    generated: tuple[Path, str] | None,
+) -> dict[str, dict[str, str]]:
+    """What the Procfile adds to the environment of each service."""
+    extras: dict[str, dict[str, str]] = {}
     for service in SERVICES.values():
-        command, extra = service_command(service, upstreams[service.name])
+        _, extra = service_command(service, upstreams[service.name])
         if generated is not None and service.name != "mock-upstream":
             extra["SLUICE_API_KEYS_FILE"] = str(generated[0])
         if service.name == "chat-proxy" and "SLUICE_UPSTREAM_BASE_URL" not in env:
@@ -253,7 +276,43 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         if service.name == "progress" and redis_url:
             extra["SLUICE_REDIS_URL"] = redis_url
             extra["SLUICE_WORKERS"] = "2"
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
+        extras[service.name] = extra
+    return extras
+
+
+def env_note(app_root: Path) -> str:
+    note = "Environment: your shell's (make run reads no env file)"
+    if (app_root / ".env").exists():
+        note += f"; {app_root / '.env'} is compose's and is not read"
+    return note + "\n"
+
+
+def prepare(run_dir: Path, env: Mapping[str, str], app_root: Path = ROOT) -> str:
+    """Check every process's settings, write ``run_dir``'s nginx config and Procfile; return
+    what to print to the user. Bad settings: SystemExit with one line each, nothing written."""
+    nginx_port = _port(env, "SLUICE_NGINX_PORT", NGINX_PORT)
+    ports = {s.name: _port(env, s.env_prefix + "_PORT", s.port) for s in SERVICES.values()}
+    upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    redis_url, redis_argv = local_redis(run_dir, env)
+    generated = dev_key(run_dir, env)
+    extras = service_envs(run_dir, env, upstreams, redis_url, generated)
+    bad, longest_graceful = devcheck.check(
+        {name: (SERVICES[name].settings, {**env, **extra}) for name, extra in extras.items()}
+    )
+    if bad:
+        raise SystemExit(
+            "make run: bad settings, nothing started:\n" + "".join(f"  {b}\n" for b in bad)
+        )
+    stop_wait = longest_graceful + 5  # honcho's wait before SIGKILL: past every drain
+    (run_dir / "stop-timeout").write_text(f"{stop_wait:g}\n")
+    conf = write_nginx(run_dir / "nginx", f"127.0.0.1:{nginx_port}", upstreams)
+    # nginx stops on SIGQUIT gracefully: streams end as their services drain them.
+    lines = [f"nginx: {supervised('nginx', nginx_command(conf), longest_graceful + 2, 'QUIT')}"]
+    if redis_argv:
+        lines.append(f"redis: {supervised('redis', redis_argv, longest_graceful + 2)}")
+    for service in SERVICES.values():
+        command, _ = service_command(service, upstreams[service.name])
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in extras[service.name].items())
         lines.append(f"{service.name}: env {assignments} {shlex.join(command)}")
     run = run_dir.resolve()
     prometheus = prometheus_command(run, f"127.0.0.1:{_port(env, 'SLUICE_PROMETHEUS_PORT', 9090)}")
@@ -265,14 +324,20 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         (run / "prometheus").mkdir(parents=True, exist_ok=True)
         config = prometheus_config(targets, str(PROMETHEUS_DIR / "rules" / "sluice.yml"))
         (run / "prometheus" / "prometheus.yml").write_text(config)
-        lines.append(f"prometheus: {shlex.join(prometheus)}")
+        lines.append(f"prometheus: {supervised('prometheus', prometheus, 10)}")
     if redis_url:
         worker_env = {"SLUICE_SERVICE_NAME": "progress", "SLUICE_REDIS_URL": redis_url}
         if generated is not None:
             worker_env["SLUICE_API_KEYS_FILE"] = str(generated[0])
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in worker_env.items())
-        python = shlex.quote(sys.executable)
-        lines.append(f"progress-worker: env {assignments} {python} -m progress.worker")
+        worker = [
+            "env",
+            *(f"{k}={v}" for k, v in worker_env.items()),
+            sys.executable,
+            "-m",
+            "progress.worker",
+        ]
+        kill_after = longest_graceful + 2
+        lines.append(f"progress-worker: {supervised('progress-worker', worker, kill_after)}")
         mode = f"progress: Redis mode ({redis_url}), jobs run by progress-worker\n"
     else:
         mode = "progress: embedded mode (no redis-server found): jobs run in-process\n"
@@ -296,7 +361,8 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         )
         key_note += f'  curl -N -H "Authorization: Bearer {generated[1]}" {base}/logs/nginx\n'
     else:
-        key_note = "API keys: from SLUICE_API_KEYS / SLUICE_API_KEYS_FILE\n"
+        source = [n for n in ("SLUICE_API_KEYS", "SLUICE_API_KEYS_FILE") if env.get(n)]
+        key_note = f"API keys: from {' and '.join(source)} in your environment\n"
     return (
         f"Sluice is starting. Front door: {base}\n"
         f"  curl -N {base}/toy-stream\n"
@@ -306,20 +372,47 @@ def prepare(run_dir: Path, env: Mapping[str, str]) -> str:
         f"  curl -N {base}/progress\n"
         f"  curl -N {base}/logs\n"
         f"{key_note}"
+        f"{env_note(app_root)}"
         f"{mode}"
         f"{prometheus_note}"
         f"Services behind nginx:\n{services}\n"
-        "Ctrl-C stops everything.\n"
+        f"Ctrl-C stops everything: open streams are drained first (up to {stop_wait:g} s).\n"
     )
+
+
+def honcho_args(run_dir: Path, app_root: Path = ROOT) -> list[str]:
+    """honcho's command line: the Procfile, and no env file (``-e`` /dev/null, not ``.env``)."""
+    return ["start", "-f", str(run_dir / "Procfile"), "-d", str(app_root), "-e", os.devnull]
+
+
+def start(run_dir: Path, app_root: Path = ROOT) -> int:
+    """Run the prepared Procfile under honcho, which waits for the drains before SIGKILL."""
+    from honcho import command, manager
+
+    # honcho kills what is left 5 s (a constant) after Ctrl-C: the drain window is longer.
+    manager.KILL_WAIT = float((run_dir / "stop-timeout").read_text())
+    try:
+        command.main(honcho_args(run_dir, app_root))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sluice.devstack")
-    parser.add_argument("command", choices=["prepare"])
+    parser.add_argument(
+        "command",
+        choices=["prepare", "start", "run"],
+        help="prepare: check settings, write .run/; start: run it under honcho; run: both",
+    )
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
+    parser.add_argument("--app-root", type=Path, default=ROOT)
     args = parser.parse_args(argv)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    print(prepare(args.run_dir, os.environ), end="")
+    if args.command in ("prepare", "run"):
+        print(prepare(args.run_dir, os.environ, args.app_root), end="", flush=True)
+    if args.command in ("start", "run"):
+        return start(args.run_dir, args.app_root)
     return 0
 
 

@@ -1,19 +1,78 @@
 """Settings shared by every service, read from the environment (prefix ``SLUICE_``).
 
 Each service subclasses :class:`CoreSettings` with its own fields; all of them share one
-prefix so a deployment configures every process from one environment.
+prefix so a deployment configures every process from one environment. A setting meant for
+one service only is given service-scoped: ``SLUICE_<SERVICE>__<NAME>`` (the service name in
+capitals, ``-`` as ``_``, then two underscores), e.g. ``SLUICE_CHAT_PROXY__PUBLIC_ROUTES=``,
+which that service reads in place of ``SLUICE_PUBLIC_ROUTES`` and every other ignores.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
-class CoreSettings(BaseSettings):
+def scope_prefix(service: str) -> str:
+    """The prefix of ``service``'s own settings: ``chat-proxy`` -> ``SLUICE_CHAT_PROXY__``."""
+    return f"SLUICE_{service.upper().replace('-', '_')}__"
+
+
+def field_bounds(field: FieldInfo) -> str | None:
+    """A field's numeric range as the README states it (``>= 1024``, ``> 0, <= 3600``)."""
+    parts = []
+    for constraint in field.metadata:
+        for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(constraint, attr, None)
+            if value is not None:
+                parts.append(f"{op} {value}")
+    return ", ".join(parts) or None
+
+
+class ScopedSettings(BaseSettings):
+    """Settings read from ``SLUICE_*``, where ``SLUICE_<SERVICE>__*`` wins for that service.
+
+    The service is ``SLUICE_SERVICE_NAME`` (set for every process by ``sluice.devstack`` and
+    the image's entrypoint), else the class's default ``service_name``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+
+    @classmethod
+    def service_of(cls) -> str | None:
+        named = os.environ.get("SLUICE_SERVICE_NAME")
+        if named:
+            return named
+        field = cls.model_fields.get("service_name")
+        return str(field.default) if field is not None and field.default else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        service = cls.service_of()
+        if service is None:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        scoped = EnvSettingsSource(settings_cls, env_prefix=scope_prefix(service))
+        return init_settings, scoped, env_settings, dotenv_settings, file_secret_settings
+
+
+class CoreSettings(ScopedSettings):
     """What the core itself reads. Service settings extend this class."""
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
@@ -79,10 +138,8 @@ class CoreSettings(BaseSettings):
     )
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(ScopedSettings):
     """What ``deploy/gunicorn.conf.py`` reads: the process model of one service."""
-
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
 
     bind: str = Field("127.0.0.1:8000", description="host:port the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes.")
@@ -93,6 +150,18 @@ class ServerSettings(BaseSettings):
     keepalive: int = Field(75, ge=1, description="Keep-alive seconds (above nginx's 60 s).")
     trusted_proxies: str = Field(
         "127.0.0.1", description="Comma-separated proxy addresses whose X-Forwarded-For is used."
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a request's headers (slowloris).",
+    )
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4096,
+        le=1_048_576,
+        description="Largest request line + headers; over it: 431 and the connection closed.",
     )
 
     @model_validator(mode="after")

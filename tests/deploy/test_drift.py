@@ -1,4 +1,5 @@
-"""No drift: every SLUICE_* name in the README, compose, k8s and examples is read by code."""
+"""No drift: every SLUICE_* name in the README, compose, k8s and examples is read by code,
+and the README's configuration table states each bounded setting's range as the code has it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from log_tail.settings import LogTailSettings
 from mock_upstream.settings import MockSettings
 from progress.settings import ProgressSettings
 from sluice import devstack
-from sluice.settings import CoreSettings, ServerSettings
+from sluice.settings import CoreSettings, ServerSettings, field_bounds, scope_prefix
 
 ROOT = devstack.ROOT
 SETTINGS = (
@@ -47,6 +48,16 @@ def deploy_names() -> set[str]:
     return names
 
 
+def unscoped(name: str) -> str:
+    """``SLUICE_CHAT_PROXY__PUBLIC_ROUTES`` -> ``SLUICE_PUBLIC_ROUTES``; an unknown scope or a
+    name without one is returned as it is (and is then unknown)."""
+    for service in [*devstack.SERVICES, "progress-worker"]:
+        prefix = scope_prefix(service)
+        if name.startswith(prefix):
+            return "SLUICE_" + name[len(prefix) :]
+    return name
+
+
 def mentioned(*paths: str) -> set[str]:
     found: set[str] = set()
     for pattern in paths:
@@ -65,7 +76,55 @@ def test_every_name_in_readme_compose_k8s_and_examples_is_read_by_code() -> None
         "k8s/**/*.example",
         "Dockerfile",
     )
-    assert used - known == set()
+    assert {name for name in used if unscoped(name) not in known} == set()
+
+
+def test_a_scoped_name_is_checked_like_the_plain_one() -> None:
+    assert unscoped("SLUICE_CHAT_PROXY__PUBLIC_ROUTES") == "SLUICE_PUBLIC_ROUTES"
+    assert unscoped("SLUICE_CHAT_PROXY__NO_SUCH") not in settings_names()
+    assert unscoped("SLUICE_NOSERVICE__PUBLIC_ROUTES") == "SLUICE_NOSERVICE__PUBLIC_ROUTES"
+
+
+def bounded() -> dict[str, str]:
+    """Each bounded setting's range, as ``field_bounds`` states it (``>= 1024``)."""
+    found: dict[str, str] = {}
+    for cls in SETTINGS:
+        for field, info in cls.model_fields.items():
+            bounds = field_bounds(info)
+            if bounds is not None:
+                name = f"SLUICE_{field.upper()}"
+                assert found.get(name, bounds) == bounds, f"{name}: two classes, two ranges"
+                found[name] = bounds
+    return found
+
+
+RANGE = re.compile(r"`((?:>=|>|<=|<) -?[0-9.]+(?:, (?:>=|>|<=|<) -?[0-9.]+)?)`")
+
+
+def configuration_rows() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    table = table[: table.index("\n## ")]
+    return [line for line in table.splitlines() if line.startswith("| `SLUICE_")]
+
+
+def test_the_configuration_table_states_each_range_as_the_code_has_it() -> None:
+    ranges = bounded()
+    assert ranges["SLUICE_CHAT_MAX_BODY_BYTES"] == ">= 1024"  # the one that surprised users
+    wrong = []
+    for row in configuration_rows():
+        names = NAME.findall(row.split("|")[1])
+        expected = [ranges[n] for n in names if n in ranges]
+        stated = RANGE.findall(row)
+        if stated != expected:
+            wrong.append(f"{', '.join(names)}: README {stated}, code {expected}")
+    assert wrong == []
+
+
+def test_the_range_check_catches_a_stale_or_missing_range() -> None:
+    stale = "| `SLUICE_CHAT_MAX_BODY_BYTES` | `1048576` | largest body (range `>= 1`) |"
+    assert RANGE.findall(stale) == [">= 1"] != [bounded()["SLUICE_CHAT_MAX_BODY_BYTES"]]
+    assert RANGE.findall("| `SLUICE_X` | `1` | meaning |") == []
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:

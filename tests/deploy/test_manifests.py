@@ -7,6 +7,7 @@ the Kubernetes schemas, and tests on the rendered objects.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -17,12 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from sluice import devstack
+from sluice import devcheck, devstack
+from sluice.settings import ServerSettings
 
 ROOT = devstack.ROOT
 BIN = Path(sys.executable).parent
 DRAIN_WINDOW = 10
 GRACEFUL = 15
+KEY = "sk-test-0123456789abcdef"
 
 
 def run(*argv: str, cwd: Path = ROOT) -> str:
@@ -39,7 +42,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / name, work / name)
     for name in ("compose.yaml", ".env.example"):
         shutil.copy(ROOT / name, work / name)
-    shutil.copy(ROOT / ".env.example", work / ".env")
+    # as the README says: .env from the example, with a key of one's own (compose needs one)
+    example = (ROOT / ".env.example").read_text()
+    (work / ".env").write_text(
+        example.replace("\nSLUICE_API_KEYS=\n", f"\nSLUICE_API_KEYS={KEY}\n")
+    )
     for overlay in ("dev", "prod"):
         folder = work / "k8s" / "overlays" / overlay
         shutil.copy(folder / "secrets.env.example", folder / "secrets.env")
@@ -225,3 +232,88 @@ def test_compose_and_k8s_start_only_services_the_entrypoint_knows(
             if env["name"] == "SLUICE_SERVICE":
                 in_k8s.add(env["value"])
     assert in_k8s == known
+
+
+# -- a key of one's own; settings scoped to one service (issue 13, items 20 and 23) ----------
+def settings_of(env: dict[str, str]) -> Any:
+    """The settings a container with ``env`` gets, through the image's entrypoint."""
+    from sluice.serve import WORKER, command
+
+    _, extra = command(env)
+    name = env["SLUICE_SERVICE"]
+    path = (
+        "progress.settings:ProgressSettings" if name == WORKER else devstack.SERVICES[name].settings
+    )
+    with devcheck.environment({**env, **extra}):
+        return devcheck.settings_class(path)()
+
+
+def compose_project(tmp_path: Path, env_file: str) -> Path:
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(env_file)
+    return tmp_path
+
+
+def test_compose_refuses_to_start_without_a_key_of_ones_own(tmp_path: Path) -> None:
+    project = compose_project(tmp_path, (ROOT / ".env.example").read_text())  # as copied
+    result = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "set SLUICE_API_KEYS in .env (see .env.example)" in result.stderr
+    assert "sk-change-me" not in (ROOT / ".env.example").read_text()  # no placeholder to keep
+
+
+def test_a_scoped_setting_reaches_only_its_service_in_compose(tmp_path: Path) -> None:
+    env_file = f"SLUICE_API_KEYS={KEY}\nSLUICE_CHAT_PROXY__PUBLIC_ROUTES=\nSLUICE_DEMO__WORKERS=3\n"
+    project = compose_project(tmp_path, env_file)
+    rendered = yaml.safe_load(run("docker-compose", "config", cwd=project))
+    found = {}
+    for service in rendered["services"].values():
+        env = {
+            k: "" if v is None else str(v) for k, v in (service.get("environment") or {}).items()
+        }
+        if "SLUICE_SERVICE" in env:
+            found[env["SLUICE_SERVICE"]] = (env, settings_of(env))
+    assert found["chat-proxy"][1].public_routes == ""
+    for name in ("demo", "progress", "progress-worker", "log-tail", "mock-upstream"):
+        assert found[name][1].public_routes is None, name
+    with devcheck.environment({**found["demo"][0], "SLUICE_SERVICE_NAME": "demo"}):
+        assert ServerSettings().workers == 3  # gunicorn's settings are scoped too
+    with devcheck.environment({**found["chat-proxy"][0], "SLUICE_SERVICE_NAME": "chat-proxy"}):
+        assert ServerSettings().workers == 2
+    for name in ("demo", "chat-proxy", "progress", "progress-worker", "log-tail"):
+        assert found[name][0]["SLUICE_API_KEYS"] == KEY, name
+
+
+def test_a_scoped_setting_reaches_only_its_service_in_k8s(workdir: Path) -> None:
+    overlay = workdir / "k8s" / "overlays" / "scoped"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../dev]\n"
+        "configMapGenerator:\n  - name: sluice-config\n    behavior: merge\n"
+        "    literals: [SLUICE_CHAT_PROXY__PUBLIC_ROUTES=]\n"
+    )
+    docs = kustomize(workdir, "k8s/overlays/scoped")
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+        for d in docs
+        if d["kind"] == "Secret"
+    }
+    found = {}
+    for workload in workloads(docs):
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                env.update(maps[source["configMapRef"]["name"]])
+            if "secretRef" in source:
+                env.update(secrets[source["secretRef"]["name"]])
+        env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+        if "SLUICE_SERVICE" in env:
+            found[env["SLUICE_SERVICE"]] = settings_of(env)
+    assert found["chat-proxy"].public_routes == ""
+    for name in ("demo", "progress", "progress-worker", "log-tail", "mock-upstream"):
+        assert found[name].public_routes is None, name

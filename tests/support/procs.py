@@ -222,10 +222,11 @@ def start_local_stack(
     env.update(extra or {})
     printed = devstack.prepare(run_dir, env)
     key = (run_dir / "dev-api-key").read_text().strip()
-    honcho = str(Path(sys.executable).parent / "honcho")
+    # make run's own start (honcho, no env file); run_dir stands for the app root (.env's home)
+    start_argv = [sys.executable, "-m", "sluice.devstack", "start", "--run-dir", str(run_dir)]
     proc = start(
         f"stack-{env['SLUICE_NGINX_PORT']}",
-        [honcho, "-f", str(run_dir / "Procfile"), "start"],
+        [*start_argv, "--app-root", str(run_dir)],
         log_dir,
         env,
     )
