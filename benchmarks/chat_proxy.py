@@ -11,8 +11,7 @@ on a shared machine hits every path alike:
 * direct to the mock upstream;
 * a bare aiohttp forwarder (benchmarks/bare_forwarder.py): the floor for any proxy;
 * chat-proxy, one gunicorn worker, auth + limits + metrics on, with its own lean HTTP/1.1
-  upstream client (``native``, the default: chat_proxy/http1.py);
-* the same with aiohttp, then httpx, as upstream client;
+  upstream client (chat_proxy/http1.py, its only one);
 * nginx in front of chat-proxy (native).
 
 Each of ``level`` clients runs streams back to back. By default the clients start spread
@@ -203,15 +202,7 @@ def main() -> None:
             "SLUICE_MAX_STREAMS_PER_KEY": "100000",
             "SLUICE_CHAT_TOKEN_LIMIT": "1000000000/hour",
         }
-        chat_native = start_service(
-            "chat-proxy", logs, {**chat_env, "SLUICE_UPSTREAM_CLIENT": "native"}, workers=1
-        )
-        chat_aiohttp = start_service(
-            "chat-proxy", logs, {**chat_env, "SLUICE_UPSTREAM_CLIENT": "aiohttp"}, workers=1
-        )
-        chat_httpx = start_service(
-            "chat-proxy", logs, {**chat_env, "SLUICE_UPSTREAM_CLIENT": "httpx"}, workers=1
-        )
+        chat_native = start_service("chat-proxy", logs, chat_env, workers=1)
         bare_port = free_port()
         bare = start(
             "bare-forwarder",
@@ -222,15 +213,13 @@ def main() -> None:
         wait_http(f"{bare.url}/healthz", bare)
         nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat_native.port}"}, logs)
         rows = []
-        with running(nginx, bare, chat_httpx, chat_aiohttp, chat_native, mock):
+        with running(nginx, bare, chat_native, mock):
             for level in levels:
                 route = "/v1/chat/completions"
                 paths = [
                     Target("direct (mock upstream)", mock.url + route, []),
                     Target("bare aiohttp forwarder", bare.url + route, [bare]),
                     Target("chat-proxy (native)", chat_native.url + route, [chat_native]),
-                    Target("chat-proxy (aiohttp)", chat_aiohttp.url + route, [chat_aiohttp]),
-                    Target("chat-proxy (httpx)", chat_httpx.url + route, [chat_httpx]),
                     Target("nginx + chat-proxy (native)", nginx.url + route, [chat_native]),
                 ]
                 for path in paths:  # warm up: pools, imports, caches

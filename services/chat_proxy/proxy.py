@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from chat_proxy.frames import SseSplitter, data_of
+from chat_proxy.frames import FrameTooLarge, SseSplitter, data_of
 from chat_proxy.metrics import (
     INTER_TOKEN,
     ITL_BUCKETS,
@@ -49,6 +49,8 @@ log = logging.getLogger("chat_proxy")
 
 # A delta with text: a JSON string value that is not empty ("content":null is no token).
 _TEXT_DELTA = re.compile(rb'"content":\s*"[^"]')
+# An error answer's body is read only for its message: this much of it, at most.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 class ChatProxy:
@@ -72,13 +74,7 @@ class ChatProxy:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """One connection pool per worker, for the worker's life."""
         s = self.settings
-        self._upstream = make_upstream(
-            s.upstream_client,
-            s.upstream_base_url,
-            s.upstream_connect_timeout,
-            s.upstream_read_timeout,
-            s.upstream_max_connections,
-        )
+        self._upstream = make_upstream(s)
         await self._learn_models()
         try:
             yield
@@ -94,7 +90,7 @@ class ChatProxy:
                 await response.close()
             if response.status == 200:
                 self.models.add([m["id"] for m in json.loads(body)["data"]])
-        except (UpstreamError, ValueError, KeyError, TypeError) as exc:
+        except (UpstreamError, ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("could not list upstream models: %s", exc)
 
     def headers(self, accept: str) -> dict[str, str]:
@@ -117,8 +113,8 @@ class ChatProxy:
         UPSTREAM_REQUESTS.labels(self.service, str(response.status)).inc()
         if response.status != 200:
             try:
-                raw = await response.read()
-            except UpstreamError:
+                raw = await response.read(ERROR_BODY_BYTES)
+            except UpstreamError:  # (past the bound too: the message is then the status's)
                 raw = b""
             finally:
                 await response.close()
@@ -173,10 +169,14 @@ class ChatProxy:
 
 def _status_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
     message = f"the model server answered {status}"
+    if 300 <= status < 400:  # never followed: a redirect may re-send the prompt elsewhere
+        message = f"{message} (a redirect, not followed)"
     try:
         upstream_error = json.loads(raw)["error"]
         message = f"{message}: {upstream_error['message']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        upstream_error = {}
+    if not isinstance(upstream_error, dict):
         upstream_error = {}
     fields = {"param": upstream_error.get("param"), "code": upstream_error.get("code")}
     if status in (400, 404, 409, 413, 422):
@@ -196,16 +196,46 @@ def _status_error(status: int, raw: bytes, retry_after: str | None) -> ApiError:
     )
 
 
+def failure_object(kind: str, message: str) -> dict[str, Any]:
+    """The OpenAI error object of a mid-stream failure the proxy noticed (reset, stall, ...)."""
+    return {"message": message, "type": "upstream_error", "param": None, "code": f"upstream_{kind}"}
+
+
 def error_frame(kind: str, message: str) -> bytes:
-    body = {
-        "error": {
-            "message": message,
-            "type": "upstream_error",
-            "param": None,
-            "code": f"upstream_{kind}",
-        }
-    }
+    body = {"error": failure_object(kind, message)}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class UpstreamFailure(StreamError):
+    """The upstream failed mid-stream: ``last`` is the OpenAI-style ``data:`` error frame
+    the pass-through ends with; ``error`` the same error object, for ``/chat-stream``."""
+
+    def __init__(self, message: str, error: dict[str, Any], last: bytes | None = None) -> None:
+        super().__init__(message, last=last)
+        self.error = error
+
+
+def _error_object(error: Any) -> dict[str, Any]:
+    """An upstream error event's ``error``, as an OpenAI error object whatever it was."""
+    if not isinstance(error, dict):
+        error = {"message": str(error)[:1000]}
+    message = error.get("message")
+    return {
+        **error,
+        "message": message if isinstance(message, str) else "the model server failed",
+        "type": error.get("type") or "upstream_error",
+        "param": error.get("param"),
+        "code": error.get("code") or "upstream_error_event",
+    }
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """An upstream event's JSON object, or None when it is anything else."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class Relay:
@@ -243,7 +273,7 @@ class Relay:
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
     ) -> AsyncIterator[bytes]:
         """The upstream's SSE, byte for byte (less a usage chunk the client did not ask for)."""
-        splitter = SseSplitter()
+        splitter = SseSplitter(self.proxy.settings.upstream_max_event_bytes)
         relay = self._relay
         try:
             out = relay(splitter, first)
@@ -263,49 +293,80 @@ class Relay:
             await read_to_end(chunks)  # after [DONE] went out: the connection is kept
         except UpstreamError as exc:
             raise self._fail(exc.kind, str(exc)) from None
+        except FrameTooLarge as exc:
+            raise self._fail("too_large", str(exc)) from None
         finally:
             await response.close()
 
     async def deltas(
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
     ) -> AsyncIterator[Event]:
-        """Just the text: each content delta as an event (text, SSE or NDJSON), then done."""
-        splitter = SseSplitter()
+        """Just the text: each content delta as an event (text, SSE or NDJSON), then ``done``.
+
+        Every event has an id, its number in the answer, so an EventSource's reconnect
+        carries ``Last-Event-ID`` (routes.py answers it with 204: an answer is not resumed,
+        and not re-run). A failure ends with a ``failed`` event (not ``error``, the name of
+        EventSource's own event at every close); in text, as a line of its own. The text
+        ends with a newline.
+        """
+        splitter = SseSplitter(self.proxy.settings.upstream_max_event_bytes)
         chunk = first
+        sent = 0  # events sent: the next one's id is sent + 1
+        open_line = False  # the text so far does not end with a newline
         try:
             while True:
-                for frame in splitter.feed(chunk):
+                try:
+                    frames = splitter.feed(chunk)
+                except FrameTooLarge as exc:
+                    raise self._fail("too_large", str(exc)) from None
+                for frame in frames:
                     payload = data_of(frame)
                     if payload is None:
                         continue
                     if payload == b"[DONE]":
                         self.ended = True
                         break
-                    message = json.loads(payload)
+                    message = _json_object(payload)
+                    if message is None:
+                        raise self._fail(
+                            "error_event", "the model server sent an event that is not JSON"
+                        )
                     if "error" in message:
                         UPSTREAM_ERRORS.labels(self.proxy.service, "error_event").inc()
-                        error = message["error"]
-                        raise StreamError(
-                            "upstream error event", last=Event(data={"error": error}, event="error")
-                        )
-                    if message.get("usage"):
-                        self.usage = message["usage"]
-                    for choice in message.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
+                        error = _error_object(message["error"])
+                        raise UpstreamFailure("upstream error event", error)
+                    usage = message.get("usage")
+                    if isinstance(usage, dict) and usage:
+                        self.usage = usage
+                    choices = message.get("choices")
+                    for choice in choices if isinstance(choices, list) else ():
+                        if not isinstance(choice, dict):
+                            continue
+                        delta = choice.get("delta")
+                        content = delta.get("content") if isinstance(delta, dict) else None
+                        if isinstance(content, str) and content:
                             self._token()
-                            yield Event(data={"delta": content}, text=content)
-                        if choice.get("finish_reason"):
-                            self.finish_reason = choice["finish_reason"]
+                            sent += 1
+                            open_line = not content.endswith("\n")
+                            yield Event(data={"delta": content}, id=str(sent), text=content)
+                        finish_reason = choice.get("finish_reason")
+                        if isinstance(finish_reason, str) and finish_reason:
+                            self.finish_reason = finish_reason
                 if self.ended:
                     yield Event(
                         event="done",
+                        id=str(sent + 1),
                         data={"finish_reason": self.finish_reason, "usage": self.usage},
-                        text="",
+                        text="\n" if open_line else "",
                     )
                     await read_to_end(chunks)
                     return
                 chunk = await self._next(chunks)
+        except UpstreamFailure as exc:
+            said = " ".join(exc.error["message"].split())  # one line, whatever it held
+            line = ("\n" if open_line else "") + f"[error: {said}]\n"
+            failed = Event(event="failed", id=str(sent + 1), data={"error": exc.error}, text=line)
+            raise StreamError(str(exc), last=failed) from None
         finally:
             await response.close()
 
@@ -317,9 +378,11 @@ class Relay:
         except UpstreamError as exc:
             raise self._fail(exc.kind, str(exc)) from None
 
-    def _fail(self, kind: str, message: str) -> StreamError:
+    def _fail(self, kind: str, message: str) -> UpstreamFailure:
         UPSTREAM_ERRORS.labels(self.proxy.service, kind).inc()
-        return StreamError(message, last=error_frame(kind, message))
+        return UpstreamFailure(
+            message, failure_object(kind, message), last=error_frame(kind, message)
+        )
 
     def _relay(self, splitter: SseSplitter, chunk: bytes) -> bytes:
         """What the client gets of one upstream chunk."""
@@ -356,7 +419,7 @@ class Relay:
             if _TEXT_DELTA.search(payload) is not None:
                 self._token()
             if b'"usage":{' in payload:
-                with suppress(ValueError):
+                with suppress(ValueError, RecursionError, AttributeError):
                     self.usage = json.loads(payload).get("usage") or self.usage
                 if not self.client_wants_usage and b'"choices":[]' in payload:
                     continue  # usage was asked for by the proxy, not the client

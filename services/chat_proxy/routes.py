@@ -12,6 +12,7 @@ from starlette.responses import Response
 from chat_proxy.proxy import ChatProxy, Relay
 from chat_proxy.schema import validate
 from chat_proxy.upstream import UpstreamError, first_chunk
+from sluice.body import parse_json_object
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
@@ -42,6 +43,18 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+def _already_answered() -> Response:
+    """A reconnect to /chat-stream: 204, which ends an EventSource for good.
+
+    Every event of a /chat-stream answer has an id, from the first on, so only a client
+    that got (part of) an answer sends ``Last-Event-ID``: the answer it got, whole or cut,
+    cannot be resumed, and running the prompt again would be another answer, each
+    reconnect a new completion. A stream that never sent an event (a drain's reconnect
+    hint has no id) is reconnected without the header and gets its answer.
+    """
+    return Response(status_code=204, headers={"cache-control": "no-store"})
+
+
 def build_router(runtime: Runtime) -> APIRouter:
     """The routes, around one ChatProxy whose upstream pool lives as long as the worker."""
     proxy = ChatProxy(runtime)
@@ -53,15 +66,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     @limit()
     async def completions(request: Request) -> Response:
         raw = await read_body(request, proxy.settings.chat_max_body_bytes)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            raise ApiError(
-                400,
-                "invalid_request_error",
-                "the body is not valid JSON",
-                fields={"param": None, "code": "invalid_json"},
-            ) from None
+        payload = parse_json_object(raw)  # finite numbers only: nothing forwarded as NaN
         body = validate(payload)
         proxy.tokens.check(caller_key(request))
         if not body.stream:
@@ -87,8 +92,10 @@ def build_router(runtime: Runtime) -> APIRouter:
         request: Request,
         prompt: str = Query("Tell a story", min_length=1, max_length=8000),
         model: str | None = Query(None, max_length=256),
-    ) -> StreamResponse:
+    ) -> Response:
         fmt = choose_format(request, StreamFormat.TEXT)
+        if request.headers.get("last-event-id"):
+            return _already_answered()
         proxy.tokens.check(caller_key(request))
         chosen = model or proxy.settings.chat_default_model
         payload = {

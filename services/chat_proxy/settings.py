@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr, field_validator
 
 from sluice.settings import CoreSettings
 
@@ -13,14 +11,20 @@ class ChatSettings(CoreSettings):
         "http://127.0.0.1:8009/v1", description="OpenAI-compatible base URL (…/v1)."
     )
     upstream_api_key: SecretStr | None = Field(None, description="Key sent to the upstream.")
-    upstream_client: Literal["native", "aiohttp", "httpx"] = Field(
-        "native", description="HTTP client for the upstream (chosen by benchmarks/chat_proxy.py)."
+    upstream_ca_bundle: FilePath | None = Field(
+        None, description="PEM file of CAs to trust for an https upstream (default: the system's)."
     )
     upstream_connect_timeout: float = Field(5.0, gt=0)
     upstream_read_timeout: float = Field(
         60.0, gt=0, description="Longest upstream silence (first token included) before failing."
     )
     upstream_max_connections: int = Field(1000, ge=1, description="Pool size per worker.")
+    upstream_max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest non-streamed upstream answer."
+    )
+    upstream_max_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest upstream SSE event of a stream."
+    )
     chat_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
     chat_token_limit: str = Field(
         "1000000/hour", description="Tokens (prompt + completion) per key per window."
@@ -29,3 +33,8 @@ class ChatSettings(CoreSettings):
     chat_models: str = Field(
         "", description="Comma-separated model names for metric labels (others: 'other')."
     )
+
+    @field_validator("upstream_ca_bundle", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value  # SLUICE_UPSTREAM_CA_BUNDLE= (compose's default)

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.anyio
 
 AUTH = ("authorization", f"Bearer {CALLER_KEY}")
 JSON = ("content-type", "application/json")
-# Every selectable upstream client must fail alike (SLUICE_UPSTREAM_CLIENT; native is the default).
-CLIENTS = ["native", "aiohttp", "httpx"]
+# The one upstream client (chat_proxy/http1.py); aiohttp and httpx were removed (issue 13).
+CLIENTS = ["native"]
 
 
 def settings(mock: Proc, **overrides: Any) -> ChatSettings:
@@ -92,7 +92,7 @@ async def test_regression_each_stream_opened_a_new_upstream_connection(
 ) -> None:
     # The relay stopped at [DONE] and closed the response before the body's terminator,
     # which dropped the connection: every stream paid for a new TCP connection upstream.
-    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
         for n in range(3):
             result = await post(app, body(), rid=f"chat-reuse-{client}-{n}")
             assert data_lines(result.text)[-1] == "[DONE]"
@@ -134,11 +134,49 @@ async def test_models_and_unknown_model_label(mock_upstream: Proc) -> None:
     assert proxy_models.label("attacker-chosen-9f8e7d") == "other"
 
 
+def known(**fields: Any) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user"}], **fields}).encode()
+
+
+def deep(depth: int) -> bytes:
+    return b'{"model": "m", "messages": [{"role": "user"}], "x": ' + (
+        b"[" * depth + b"]" * depth + b"}"
+    )
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "param"),
     [
         (b"{not json", 400, None),
         (b"[]", 400, None),
+        (b'"a string"', 400, None),
+        (b"null", 400, None),
+        (b"", 400, None),
+        # Regression: 100k levels raised RecursionError, which escaped `except ValueError`: 500.
+        (b"[" * 100_000 + b"]" * 100_000, 400, None),
+        (deep(100_000), 400, None),
+        (deep(500), 400, None),  # parses, but deeper than the bound
+        (b'{"model": "m", "messages": [{"role": "user", "content": "\xff"}]}', 400, None),
+        # Regression: NaN and 1e309 (float inf) were forwarded upstream as non-JSON NaN/Infinity.
+        (known(temperature=float("nan")), 400, None),
+        (known(extra={"deep": [1, {"x": float("nan")}]}), 400, None),
+        (known(extra=float("inf")), 400, None),
+        (known(extra=float("-inf")), 400, None),
+        (b'{"model": "m", "messages": [{"role": "user"}], "extra": 1e309}', 400, None),
+        # Regression: lax types took "yes" and 1 for true, "5" for 5.
+        (known(stream="yes"), 400, "stream"),
+        (known(stream=1), 400, "stream"),
+        (known(stream="true"), 400, "stream"),
+        (known(max_tokens="5"), 400, "max_tokens"),
+        (known(max_tokens=True), 400, "max_tokens"),
+        (known(max_tokens=5.5), 400, "max_tokens"),
+        (known(n="1"), 400, "n"),
+        (known(temperature="1"), 400, "temperature"),
+        (known(temperature=True), 400, "temperature"),
+        (known(stream_options={"include_usage": 1}), 400, "stream_options.include_usage"),
+        (known(logprobs="false"), 400, "logprobs"),
+        (known(seed="42"), 400, "seed"),
+        (known(model=5), 400, "model"),
         (json.dumps({"model": "m"}).encode(), 400, "messages"),
         (json.dumps({"model": "m", "messages": []}).encode(), 400, "messages"),
         (
@@ -170,6 +208,23 @@ async def test_bad_bodies_get_openai_shaped_400(
     assert error["message"]
 
 
+async def test_plain_json_next_to_the_hostile_bodies_is_forwarded(mock_upstream: Proc) -> None:
+    # Duplicate keys (the last wins), the largest finite numbers, nesting at the bound in a
+    # field the proxy does not know, integers where OpenAI says number: all pass through.
+    payload = (
+        b'{"model": "nope", "model": "mock-gpt", "stream": false, "temperature": 1,'
+        b' "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}],'
+        b' "big": 1e308, "huge": ' + b"9" * 400 + b', "nested": ' + b"[" * 63 + b"]" * 63 + b"}"
+    )
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        result = await post(app, payload, rid="chat-plain-1")
+    assert result.status == 200, result.body
+    assert json.loads(result.body)["choices"][0]["message"]["content"] == mock_text(3)
+    seen = await seen_by(mock_upstream, "chat-plain-1")
+    assert seen["model"] == "mock-gpt"
+    assert seen["extra_fields"] == ["big", "huge", "nested", "temperature"]
+
+
 async def test_body_size_limit_is_413(mock_upstream: Proc) -> None:
     async with asgi.lifespan(create_app(settings(mock_upstream, chat_max_body_bytes=2048))) as app:
         big = body(stream=False, padding="x" * 5000)
@@ -187,7 +242,7 @@ async def test_needs_a_key_and_seed_route_is_public(mock_upstream: Proc) -> None
     assert refused.status == 401
     assert seed.status == 200
     assert seed.headers["content-type"].startswith("text/plain")
-    assert seed.text == mock_text(20)
+    assert seed.text == mock_text(20) + "\n"  # regression: it ended without a newline
 
 
 async def test_chat_stream_sse_variant_for_browsers(mock_upstream: Proc) -> None:
@@ -195,11 +250,79 @@ async def test_chat_stream_sse_variant_for_browsers(mock_upstream: Proc) -> None
         result = await asgi.request(
             app, "/chat-stream?prompt=hi", headers=[("accept", "text/event-stream")]
         )
-    frames = [f for f in result.text.split("\n\n") if f]
-    deltas = [json.loads(f[6:])["delta"] for f in frames if f.startswith("data: ")]
+    frames = sse_frames(result.text)
+    deltas = [json.loads(f["data"])["delta"] for f in frames if "event" not in f]
     assert "".join(deltas) == mock_text(20)
-    assert frames[-1].startswith("event: done\n")
-    assert json.loads(frames[-1].split("data: ", 1)[1])["finish_reason"] == "stop"
+    assert frames[-1]["event"] == "done"
+    assert json.loads(frames[-1]["data"])["finish_reason"] == "stop"
+
+
+def sse_frames(text: str) -> list[dict[str, str]]:
+    frames = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            name, _, value = line.partition(": ")
+            if name and not name.startswith(":"):
+                fields[name] = value
+        if fields:
+            frames.append(fields)
+    return frames
+
+
+async def test_chat_stream_events_have_ids_and_a_reconnect_gets_204(mock_upstream: Proc) -> None:
+    # Regression: EventSource reconnected 3 s after `done`, and each reconnect was a new
+    # completion. Every event has an id, so a reconnect carries Last-Event-ID: 204 ends it.
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        first = await asgi.request(
+            app, "/chat-stream?prompt=hi&format=sse", headers=[("x-request-id", "cs-ids-1")]
+        )
+        frames = sse_frames(first.text)
+        reconnects = [
+            await asgi.request(
+                app,
+                f"/chat-stream?prompt=hi{fmt}",
+                headers=[("last-event-id", last), ("x-request-id", f"cs-re-{n}")],
+            )
+            for n, (fmt, last) in enumerate(
+                [("&format=sse", frames[-1]["id"]), ("&format=sse", "3"), ("", "x")]
+            )
+        ]
+    assert first.status == 200
+    assert [f["id"] for f in frames] == [str(n) for n in range(1, 22)]  # 20 deltas, then done
+    assert frames[-1]["event"] == "done"
+    for reconnect in reconnects:
+        assert reconnect.status == 204
+        assert reconnect.body == b""
+    assert (await seen_by(mock_upstream, "cs-ids-1"))["end"] == "completed"
+    for n in range(3):  # a reconnect never reaches the model
+        assert (await seen_by(mock_upstream, f"cs-re-{n}"))["error"]["type"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [("error_after=3", "mock_mid_stream"), ("reset_after=3", "upstream_reset")]
+)
+async def test_chat_stream_failure_is_a_failed_event_and_a_line_of_its_own(
+    mock_upstream: Proc, fault: str, code: str
+) -> None:
+    target = f"/chat-stream?prompt=hi&model=mock-fault:{fault}"
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        text = await asgi.request(app, target)
+        sse = await asgi.request(app, target + "&format=sse")
+        ndjson = await asgi.request(app, target + "&format=ndjson")
+    # Regression: the text form glued the error onto the answer, with no newline at the end.
+    assert text.text.startswith(mock_text(3) + "\n[error: ")
+    assert text.text.endswith("]\n")
+    # Regression: the SSE event was named `error`, as EventSource's own event at every close.
+    frames = sse_frames(sse.text)
+    assert [f.get("event") for f in frames] == [None, None, None, "failed"]
+    assert [f["id"] for f in frames] == ["1", "2", "3", "4"]
+    error = json.loads(frames[-1]["data"])["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert error["code"] == code
+    assert text.text == f"{mock_text(3)}\n[error: {error['message']}]\n"
+    lines = [json.loads(line) for line in ndjson.text.splitlines()]
+    assert lines[-1] == {"id": "4", "event": "failed", "data": {"error": error}}
 
 
 @pytest.mark.parametrize(
@@ -218,7 +341,7 @@ async def test_failures_before_the_first_byte_are_json(
     mock_upstream: Proc, fault: str, status: int, kind: str, client: str
 ) -> None:
     before = errors(kind)
-    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
         result = await post(app, body(model=f"mock-fault:{fault}"))
     assert result.status == status
     error = json.loads(result.body)["error"]
@@ -231,7 +354,7 @@ async def test_failures_before_the_first_byte_are_json(
 async def test_upstream_down_is_502_connect(mock_upstream: Proc, client: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
     before = errors("connect")
-    config = settings(mock_upstream, upstream_base_url=closed, upstream_client=client)
+    config = settings(mock_upstream, upstream_base_url=closed)
     async with asgi.lifespan(create_app(config)) as app:
         result = await post(app, body())
     assert result.status == 502
@@ -253,7 +376,7 @@ async def test_failures_after_the_first_byte_end_with_an_error_event(
 ) -> None:
     before = errors(kind)
     started = time.monotonic()
-    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_client=client))) as app:
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
         result = await post(app, body(model=f"mock-fault:{fault}"))
     assert time.monotonic() - started < 2.5  # a stall ends at the read timeout (1 s)
     assert result.status == 200
@@ -286,3 +409,21 @@ async def test_request_rate_limit(mock_upstream: Proc) -> None:
     ) as app:
         codes = [(await post(app, body(stream=False))).status for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+async def test_a_drained_event_source_still_gets_its_answer(mock_upstream: Proc) -> None:
+    # Only a client that got an event of an answer sends Last-Event-ID: a draining worker's
+    # answer to an EventSource (the reconnect hint) has no id, so its reconnect, elsewhere,
+    # runs the prompt rather than getting 204.
+    target = "/chat-stream?prompt=hi&format=sse"
+    sse = [("accept", "text/event-stream")]
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        app.state.runtime.drain.begin()
+        hinted = await asgi.request(app, target, headers=sse)
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        answered = await asgi.request(app, target, headers=sse)
+    assert hinted.status == 200
+    assert [f.get("event") for f in sse_frames(hinted.text)] == ["reconnect"]
+    assert "id" not in sse_frames(hinted.text)[0]
+    assert answered.status == 200
+    assert sse_frames(answered.text)[-1]["event"] == "done"

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from mock_upstream.routes import mock_text
+from tests.chat_proxy.conftest import UPSTREAM_KEY
 from tests.support.procs import Proc, running, start_nginx, start_service, worker_pids
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -219,3 +221,96 @@ def test_browser_stream_outlives_its_token_through_a_rolling_restart(
     assert renewed["events"] > before[True]["events"] + 3
     assert stale["hints"] >= 1
     assert stale["state"] == 2  # CLOSED: its reconnect had no valid cookie (401 is final)
+
+
+# An EventSource on /chat-stream that never closes: it counts what a reconnect would redo.
+WATCH_CHAT = """
+(url) => {
+  window.chat = {opens: 0, deltas: 0, done: 0, failed: 0, errors: [], text: "", ids: []};
+  const es = window.chatEs = new EventSource(url);
+  es.onopen = () => { window.chat.opens++; };
+  es.onmessage = (e) => {
+    window.chat.deltas++;
+    window.chat.ids.push(e.lastEventId);
+    window.chat.text += JSON.parse(e.data).delta;
+  };
+  es.addEventListener("done", () => { window.chat.done++; });
+  es.addEventListener("failed", () => { window.chat.failed++; });
+  es.onerror = () => { window.chat.errors.push(es.readyState); };
+}
+"""
+CHAT_STATE = "() => ({...window.chat, state: window.chatEs.readyState})"
+
+
+@pytest.fixture(scope="module")
+def chat_front_door(log_dir: Path, mock_upstream: Proc) -> Iterator[Proc]:
+    env = {
+        "SLUICE_UPSTREAM_BASE_URL": f"{mock_upstream.url}/v1",
+        "SLUICE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+    }
+    chat = start_service("chat-proxy", log_dir, env, workers=1)
+    nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat.port}"}, log_dir)
+    with running(nginx, chat):
+        yield nginx
+
+
+def upstream_requests(mock_upstream: Proc) -> int:
+    count: int = httpx.get(f"{mock_upstream.url}/mock/stats").json()["requests"]
+    return count
+
+
+def test_event_source_on_chat_stream_gets_one_completion_and_no_rerun(
+    browser: Browser, chat_front_door: Proc, mock_upstream: Proc
+) -> None:
+    # Regression: the stream ended after `done`, EventSource reconnected 3 s later, and every
+    # reconnect was a new completion (3 opens, 48 deltas in 7 s). Its reconnect now carries
+    # Last-Event-ID and gets 204, which closes an EventSource for good.
+    before = upstream_requests(mock_upstream)
+    page = browser.new_page()
+    page.goto(f"{chat_front_door.url}/healthz")
+    page.evaluate(WATCH_CHAT, "/chat-stream?prompt=Tell+a+story&format=sse")
+    deadline = time.monotonic() + 10
+    while page.evaluate(CHAT_STATE)["done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done_at = time.monotonic()
+    while page.evaluate(CHAT_STATE)["state"] != 2 and time.monotonic() < done_at + 8:
+        time.sleep(0.1)  # CLOSED: the reconnect (after Chromium's 3 s) was answered 204
+    closed_after = time.monotonic() - done_at
+    time.sleep(1)  # and nothing after it
+    seen = page.evaluate(CHAT_STATE)
+    page.close()
+    assert seen["done"] == 1
+    assert seen["opens"] == 1
+    assert seen["deltas"] == 20
+    assert seen["text"] == mock_text(20)
+    assert seen["ids"] == [str(n) for n in range(1, 21)]
+    assert seen["state"] == 2, f"still reconnecting {closed_after:.1f} s after done"
+    # EventSource's own `error`: the end of the answer (CONNECTING: it will reconnect), then
+    # the 204 to that reconnect (CLOSED, for good).
+    assert seen["errors"] == [0, 2]
+    assert seen["failed"] == 0
+    assert upstream_requests(mock_upstream) == before + 1  # one completion, no re-run
+
+
+def test_readme_chat_stream_snippet_closes_on_done(
+    browser: Browser, chat_front_door: Proc, mock_upstream: Proc
+) -> None:
+    from tests.e2e.test_make_run import readme_block
+
+    snippet = readme_block("## chat-proxy", "js")
+    assert 'es.addEventListener("done", () => es.close());' in snippet
+    before = upstream_requests(mock_upstream)
+    page = browser.new_page()
+    page.goto(f"{chat_front_door.url}/healthz")
+    # As pasted into a page's script: `output` is the page's element, here a stand-in.
+    page.evaluate(
+        "(code) => { window.output = {textContent: ''}; (0, eval)(code + ';readmeEs = es'); }",
+        snippet,
+    )
+    deadline = time.monotonic() + 10
+    while page.evaluate("() => window.readmeEs.readyState") != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = page.evaluate("() => window.output.textContent")
+    page.close()
+    assert text == mock_text(20)
+    assert upstream_requests(mock_upstream) == before + 1

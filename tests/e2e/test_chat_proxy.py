@@ -136,7 +136,7 @@ def test_curl_streams_tokens_as_they_come(chat_stack: tuple[Proc, Proc]) -> None
         capture_output=True,
         check=True,
     )
-    assert seed.stdout.decode() == mock_text(20)
+    assert seed.stdout.decode() == mock_text(20) + "\n"  # the text form ends its line
 
 
 def test_client_disconnect_cancels_the_upstream_at_once(
