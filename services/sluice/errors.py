@@ -70,12 +70,20 @@ def error_response(
     details: Any = None,
     fields: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type, "message": message, "param": None, "code": type}
-    if fields:
-        body.update(fields)
+    body = error_body(type, message, fields)
     if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))
+        body["error"]["details"] = details
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def error_body(
+    type: str, message: str, fields: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{"error": {...}}``, the one shape: for answers built outside a response class too."""
+    error: dict[str, Any] = {"type": type, "message": message, "param": None, "code": type}
+    if fields:
+        error.update(fields)
+    return {"error": error}
 
 
 async def _api_error(_: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from sluice.errors import error_body
 from sluice.settings import ServerSettings
 
 _LINGER = 2.0  # seconds a refused connection's further input is read and dropped
@@ -124,9 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         message = f"request line and headers over {self.max_header_bytes} bytes"
-        body = json.dumps(
-            {"error": {"type": "request_header_fields_too_large", "message": message}}
-        ).encode()
+        body = json.dumps(error_body("request_header_fields_too_large", message)).encode()
         head = (
             "HTTP/1.1 431 Request Header Fields Too Large\r\n"
             "content-type: application/json\r\n"

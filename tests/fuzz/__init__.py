@@ -1,0 +1,1 @@
+"""Schemathesis against every service's OpenAPI, on its own port and through nginx."""
