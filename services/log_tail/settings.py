@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from log_tail.files import parse_files
 from sluice.settings import CoreSettings
 
 
@@ -24,3 +25,18 @@ class LogTailSettings(CoreSettings):
     )
     log_tail_grep_max: int = Field(256, ge=1, le=4096, description="Longest grep pattern.")
     log_tail_seed_delay: float = Field(1.5, ge=0, description="Seconds between /logs demo lines.")
+
+    # Parsed here too, not only when the app is built, so a bad list is named as a setting
+    # before anything starts (a ConfigError is a ValueError).
+    @field_validator("log_tail_files")
+    @classmethod
+    def _files_parse(cls, value: str) -> str:
+        parse_files(value, None)
+        return value
+
+    @field_validator("log_tail_files_file")
+    @classmethod
+    def _files_file_parses(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_files("", value)
+        return value

@@ -146,10 +146,43 @@ def _json_media_type(content_type: str | None) -> bool:
     )
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes, declared or as it arrives:
+    nothing past the limit is read (bodies are read before auth runs)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "invalid_request_error",
+        f"the request body exceeds {limit} bytes",
+        fields={"param": None, "code": "body_too_large"},
+    )
+
+
 class _StrictJsonRequest(Request):
-    """A request whose ``json()`` is :func:`parse_json` (what FastAPI calls for body models)."""
+    """A request whose ``json()`` is :func:`parse_json` (what FastAPI calls for body models)
+    and whose body is read no further than ``limit`` bytes."""
 
     _parsed: Any
+
+    def __init__(self, scope: Any, receive: Any, limit: int) -> None:
+        super().__init__(scope, receive)
+        self._limit = limit
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            self._body = await read_body(self, self._limit)
+        return self._body
 
     async def json(self) -> Any:
         try:
@@ -171,7 +204,8 @@ class JsonBodyRoute(APIRoute):
             return handler
 
         async def strict_json(request: Request) -> Response:
-            strict = _StrictJsonRequest(request.scope, request.receive)
+            limit = request.app.state.settings.max_body_bytes
+            strict = _StrictJsonRequest(request.scope, request.receive, limit)
             if _json_media_type(strict.headers.get("content-type")):
                 raw = await strict.body()
                 if raw or body_field.field_info.is_required():

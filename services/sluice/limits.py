@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
-from limits import parse as parse_limit
 from redis.asyncio import Redis
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
@@ -73,7 +72,6 @@ caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-de
 class RateLimits:
     def __init__(self, settings: CoreSettings) -> None:
         self.settings = settings
-        parse_limit(settings.rate_limit)  # fail at startup on a bad SLUICE_RATE_LIMIT
         # slowapi's Redis client is synchronous: each check holds the worker's event loop, and
         # every open stream with it. Bounded, a Redis that hangs costs a request a 503, not
         # the worker its streams (redis-py waits forever by default).

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from limits import parse as parse_limit
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -126,6 +127,12 @@ class CoreSettings(ScopedSettings):
     # Limits
     redis_url: str | None = Field(None, description="redis:// URL; limits shared across workers.")
     rate_limit: str = Field("120/minute", description="Requests per key (or client) per route.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest JSON request body (read before auth, so bounded); over it: 413.",
+    )
     rate_limit_timeout: float = Field(
         0.5,
         gt=0,
@@ -136,6 +143,11 @@ class CoreSettings(ScopedSettings):
     max_streams_global: int = Field(
         0, ge=0, description="Concurrent streams of the whole service (needs Redis; 0: off)."
     )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _a_limit(cls, value: str) -> str:
+        return rate_limit_string(value)
 
 
 class ServerSettings(ScopedSettings):
@@ -176,3 +188,14 @@ class ServerSettings(ScopedSettings):
     @property
     def effective_graceful_timeout(self) -> float:
         return self.graceful_timeout if self.graceful_timeout is not None else self.drain_window + 5
+
+
+def rate_limit_string(value: str) -> str:
+    """``value`` if it is a limit as ``limits`` reads it (``120/minute``, ``10 per second``)."""
+    try:
+        parse_limit(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit: write <count>/<second|minute|hour|day> (120/minute)"
+        ) from None
+    return value

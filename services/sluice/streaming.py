@@ -233,14 +233,17 @@ class StreamResponse(Response):
     def _cut(self, reason: EndReason) -> bool:
         """Whether this stream ends by dropping its connection rather than closing cleanly.
 
-        A producer may ask for it (``StreamError(abort=True)``). A drained text stream is
-        always cut: plain text has no reconnect hint, and a clean end would make a client
-        take the part it got for the whole answer. Finite text streams use the ``finish``
-        policy, so a drain reaches them only when the window is over.
+        A producer may ask for it (``StreamError(abort=True)``). A drain cuts what a
+        reconnect cannot continue: a text stream (plain text has no reconnect hint) and a
+        ``finish`` stream (a finite answer, e.g. a completion, that had the whole window and
+        did not end in it). A clean end, or a hint inviting a reconnect that starts nothing
+        where this left off, would let a client take the part it got for the whole answer.
         """
         if self._failure is not None and self._failure.abort:
             return True
-        return reason is EndReason.DRAIN and self.fmt is StreamFormat.TEXT
+        if reason is not EndReason.DRAIN:
+            return False
+        return self.fmt is StreamFormat.TEXT or self.drain_policy == "finish"
 
     async def _pump(self, send: Send) -> None:
         fmt = self.fmt

@@ -8,6 +8,8 @@ worker. So the protocol here bounds, per connection:
 
 - the time from a connection's first byte (or a keep-alive request's first byte) to the end
   of its headers: ``SLUICE_HEADER_TIMEOUT``; past it the connection is closed (slowloris);
+- the longest silence inside a request's body, the same number of seconds (a body that is
+  declared and never comes); not while the server itself holds reading back;
 - the size of the request line and headers: ``SLUICE_MAX_HEADER_BYTES``; past it, a 431 with
   a JSON body, and the connection closed.
 
@@ -45,6 +47,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # raw bytes received since the head began
         self._head_size = 0  # request line + header bytes the parser has reported
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -53,12 +56,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._quiet_body()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a 431: drop the rest of what the client sends
         if not self._in_head:
+            if self._body_timer is not None:
+                self._await_body()  # the body moved: its silence starts again
             super().data_received(data)
             return
         self._arm()
@@ -92,9 +98,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
+        self._await_body()  # until the message completes (at once, for a request with none)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._quiet_body()
         super().on_message_complete()
         self._in_head = True  # the next request's head, whenever its first byte comes
         self._head_bytes = 0
@@ -112,6 +120,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _await_body(self) -> None:
+        self._quiet_body()
+        self._body_timer = self.loop.call_later(self.header_timeout, self._body_timed_out)
+
+    def _quiet_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.flow is not None and self.flow.read_paused:
+            self._await_body()  # the server holds reading back (the app is slow): not a stall
+            return
+        if not self.transport.is_closing():
+            self.logger.info(
+                "closing a connection: its request body stalled %ss", self.header_timeout
+            )
+            self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

@@ -153,6 +153,31 @@ def test_a_silent_connection_is_closed(demo: Proc) -> None:
         assert time.monotonic() - started < HEADER_TIMEOUT + 1.5
 
 
+def test_regression_a_declared_body_that_never_came_held_its_connection(demo: Proc) -> None:
+    # Content-Length: 100 and silence: held for as long as the client liked (30 s and more).
+    head = b"POST /auth/stream-token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(demo) as sock:
+        sock.sendall(head + b"Content-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        read_all(sock, timeout=HEADER_TIMEOUT + 5)  # closed by the server, answered or not
+        assert time.monotonic() - started < HEADER_TIMEOUT + 1.5
+
+
+def test_a_body_that_keeps_coming_is_not_cut(demo: Proc) -> None:
+    # the body's bound is on silence, not on its whole time: a slow, steady upload is fine
+    body = b'{"path": "/dummy-events"' + b" " * 30 + b"}"
+    head = b"POST /auth/stream-token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(demo) as sock:
+        sock.sendall(head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        started = time.monotonic()
+        for i in range(0, len(body), 8):
+            sock.sendall(body[i : i + 8])
+            time.sleep(HEADER_TIMEOUT / 3)
+        answer = read_all(sock)
+    assert time.monotonic() - started > HEADER_TIMEOUT  # took longer than the bound, whole
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]  # read to its end, then judged
+
+
 def test_a_stream_outlives_the_header_timeout(demo: Proc) -> None:
     # /dummy-counter takes 10 x 0.5 s: longer than the head deadline, which ends at the headers
     started = time.monotonic()

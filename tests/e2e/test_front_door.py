@@ -137,3 +137,15 @@ def test_shipped_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "test is successful" in out.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1", "/jobs/", "/dummy-events/", "/logs/"])
+def test_regression_no_redirect_goes_where_the_host_header_says(
+    path: str, front_door: Proc
+) -> None:
+    # nginx redirected /v1 to http://<Host header>/v1/ (and the services' trailing-slash
+    # redirect did the same): an open redirect for whoever controls a link's Host.
+    response = httpx.get(f"{front_door.url}{path}", headers={"host": "evil.example"}, timeout=5)
+    location = response.headers.get("location", "")
+    assert "evil.example" not in location
+    assert not location or location.startswith("/"), location

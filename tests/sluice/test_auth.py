@@ -318,3 +318,14 @@ async def test_auth_errors_have_the_one_error_shape_with_param_and_code(
     error = json.loads(result.body)["error"]
     assert set(error) == {"type", "message", "param", "code"}
     assert error["code"] == code and error["param"] is None
+
+
+async def test_regression_a_stream_token_opened_a_json_get_route_in_its_scope() -> None:
+    # GET /metrics-like JSON routes are not streams: a token scoped over them opens nothing.
+    async with asgi.lifespan(protected()) as app:
+        token = app.state.runtime.auth.signer.issue(ID_A, "/things", 60)
+        json_get = await asgi.request(
+            app, "/things", headers=[("cookie", f"{COOKIE_NAME}={token}")]
+        )
+    assert json_get.status == 403
+    assert json.loads(json_get.body)["error"]["code"] == "token_not_for_this_route"

@@ -200,3 +200,53 @@ async def test_a_body_that_is_not_declared_json_is_left_to_fastapi() -> None:
             body=nested(DEEP),
         )
     assert result.status == 422
+
+
+async def test_regression_an_unauthenticated_huge_body_was_read_whole_before_auth() -> None:
+    # A 400 MB POST without a key pushed a worker from 57 MB to 838 MB before its 401: the
+    # body was read whole before the auth dependency ran. Now no more than the limit is read.
+    settings = DemoSettings(api_keys=SecretStr(KEY), service_name="demo-cap", max_body_bytes=4096)
+    consumed = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal consumed
+        consumed += 1024
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": consumed < 10**8}
+
+    answer: dict[str, object] = {}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")  # type: ignore[operator]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/auth/stream-token",
+        "raw_path": b"/auth/stream-token",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],  # no length: chunked
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+    async with asgi.lifespan(demo_app(settings)) as app:
+        await app(scope, receive, send)
+        declared = await asgi.request(
+            app,
+            "/auth/stream-token",
+            method="POST",
+            headers=[JSON, ("content-length", str(10**9))],
+            body=b"{}",
+        )
+    assert answer["status"] == 413
+    error = json.loads(answer["body"])["error"]  # type: ignore[arg-type]
+    assert error["code"] == "body_too_large" and "4096" in error["message"]
+    assert consumed <= 4096 + 1024  # read up to the limit, not to the end
+    assert declared.status == 413  # a declared length over the limit: refused unread

@@ -99,6 +99,24 @@ def test_rules_across_settings_and_unparsable_values_are_reported(tmp_path: Path
     assert "(allowed: >= 4096, <= 1048576)" in text
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("SLUICE_RATE_LIMIT", "lots", "is not a rate limit"),
+        ("SLUICE_LOG_TAIL_FILES", "oops", "is not name=path"),
+    ],
+)
+def test_regression_settings_parsed_only_at_app_start_passed_the_preflight(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    # These were parsed when an app was built, after make run's check had passed them:
+    # the service died at start and honcho took the whole stack down with it.
+    with pytest.raises(SystemExit) as refused:
+        devstack.prepare(tmp_path, {name: value})
+    assert f"{name}={value!r}" in str(refused.value) and says in str(refused.value)
+    assert not (tmp_path / "Procfile").exists()
+
+
 def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as refused:
         devstack.prepare(tmp_path, {"SLUICE_API_KEYS": "sk-real-secret,sk-change-me-before-use"})

@@ -73,6 +73,11 @@ def make_app(probe: Probe, public: bool = True, **settings: object) -> FastAPI:
             events = ticks(probe, count, delay, size, fail_at)
             return await stream(request, events, fmt, on_end=[probe.on_end], drain=policy)
 
+        @router.get("/things")
+        async def things() -> dict[str, list[int]]:
+            """A JSON route (not a stream), needing a key unless public."""
+            return {"things": [1, 2]}
+
         return router
 
     config = CoreSettings(**{"service_name": "test", **settings})  # type: ignore[arg-type]
@@ -498,3 +503,21 @@ async def test_a_full_server_answers_an_event_source_with_a_reconnect_hint_not_a
     assert plain.status == 503
     error = json.loads(plain.body)["error"]
     assert error["type"] == "server_full" and plain.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize("fmt", ["sse", "ndjson"])
+async def test_a_finite_event_stream_the_window_could_not_finish_is_cut_without_a_hint(
+    fmt: str,
+) -> None:
+    # A "finish" stream (a completion) that outlives the window cannot be resumed: a reconnect
+    # hint and a clean close let an SDK take the part for the whole answer.
+    probe = Probe()
+    async with asgi.lifespan(make_app(probe, drain_window=0.2)) as app:
+        target = f"/ticks?count=100&delay=0.05&format={fmt}&policy=finish"
+        task = asyncio.create_task(asgi.request(app, target))
+        await asyncio.sleep(0.05)
+        app.state.runtime.drain.begin()
+        result = await task
+    assert probe.reasons == [EndReason.DRAIN]
+    assert not result.completed
+    assert "reconnect" not in result.text
