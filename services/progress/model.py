@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -28,6 +28,10 @@ class Job:
     error: str | None = None
     attempt: int = 1
     cancel_requested: bool = False
+    # The fencing token of the runner holding the job's lease (None unless running), and the
+    # number of its last event: every write names both, so a stale runner's is refused.
+    lease: str | None = None
+    seq: int = 0
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -41,14 +45,19 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     def public(self) -> dict[str, Any]:
         out = self.to_dict()
         out.pop("owner")
+        out.pop("lease")
+        out["last_event_id"] = str(out.pop("seq"))
         out["status_url"] = f"/jobs/{self.id}"
         out["events_url"] = f"/jobs/{self.id}/events"
         return out
+
+
+_FIELDS = frozenset(f.name for f in fields(Job))
 
 
 @dataclass(slots=True, frozen=True)

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 from progress.kinds import KINDS
 from progress.metrics import DELIVERY_LATENCY, EVENTS_DELIVERED, JOBS_CREATED, SUBSCRIBERS
 from progress.model import Job, JobEvent
-from progress.runner import finish
 from progress.service import ProgressService
+from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
@@ -40,7 +40,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     runtime.resources.append(service.lifespan)
     settings = service.settings
     limit = runtime.rates.limit
-    router = APIRouter(tags=["progress"])
+    router = APIRouter(tags=["progress"], route_class=JsonBodyRoute)
 
     async def owned(request: Request, job_id: str) -> Job:
         job = await service.store.get(job_id) if len(job_id) <= 64 else None
@@ -107,13 +107,14 @@ def build_router(runtime: Runtime) -> APIRouter:
         job = await owned(request, job_id)
         if job.final:
             return job.public()
-        await service.store.request_cancel(job)
+        await service.store.request_cancel(job.id)
         await service.runner.cancel(job)  # a queued arq job is dropped, a running one stopped
-        if job.state == "queued":
-            await finish(
-                service.store, job, "cancelled", settings.service_name, error="cancelled by request"
-            )
-        return job.public()
+        # A queued job ends here; one that started meanwhile is ended by its runner, which
+        # finds the request (each transition is atomic: only one of the two can win).
+        await service.store.cancel_queued(job.id, "cancelled by request")
+        now = await owned(request, job_id)
+        now.cancel_requested = True
+        return now.public()
 
     @router.get("/jobs/{job_id}/events", response_class=StreamResponse)
     @limit()

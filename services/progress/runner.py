@@ -1,8 +1,22 @@
-"""Running one job: its progress events, its heartbeat, its one final event.
+"""Running one job: its progress events, its lease, its one final event.
 
 The same code runs in the API process (embedded mode) and in the arq job worker (Redis
-mode). A running job renews a lease (``progress_lease`` seconds) in Redis; the API's
-reaper finds jobs whose lease ran out (their worker died) and fails or retries them.
+mode). Starting an attempt gives it a lease named by a fencing token; every write the
+runner makes shows the token, and the store refuses it once the lease is gone.
+
+Lease timing (``Timing``), with ``L`` = ``SLUICE_PROGRESS_LEASE`` and ``G`` =
+``SLUICE_PROGRESS_LEASE_GRACE``:
+
+* the runner renews every ``L/3`` s; each renewal holds the job for ``L + L/3`` s by
+  Redis's clock, so a live runner's job always has at least ``L`` s of lease left;
+* the reaper takes a job only once its lease has been expired for ``G`` s, by Redis's
+  clock; then the job is ``failed`` (or queued again, for a kind with retries);
+* a runner that cannot renew gives the job up ``L + L/3 + G`` s after it sent its last
+  successful renewal (by its own clock, which started before Redis's did): it stops the
+  job's coroutine and publishes nothing more, at the latest when the reaper may act.
+
+So a pause of Redis, or a runner cut off from it, shorter than ``L + G`` loses no job,
+and a runner's death is noticed within ``L + L/3 + G`` s plus one reaper pass.
 """
 
 from __future__ import annotations
@@ -11,130 +25,272 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from progress.kinds import KINDS, JobFailed
+from redis.exceptions import RedisError
+
+from progress.kinds import KINDS, JobFailed, Kind
 from progress.metrics import EVENTS_PUBLISHED, JOB_DURATION, JOBS_FINISHED, JOBS_LOST
 from progress.model import FINAL_EVENT, Job, State
-from progress.store import JobStore, RedisStore
+from progress.redis_store import RedisStore
+from progress.store import Fenced, JobStore, final_changes, final_data
 
 log = logging.getLogger("progress.runner")
+
+# What a store call may raise while Redis is away: retried until the lease is given up.
+UNREACHABLE = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    lease: float
+    grace: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between renewals."""
+        return self.lease / 3
+
+    @property
+    def hold(self) -> float:
+        """Seconds one renewal holds the job, by Redis's clock."""
+        return self.lease + self.interval
+
+    @property
+    def give_up(self) -> float:
+        """Seconds after its last renewal a runner that cannot renew stops the job."""
+        return self.hold + self.grace
 
 
 class Reporter:
     """The ``Progress`` a kind reports through: each call is one published event."""
 
-    def __init__(self, store: JobStore, job: Job, service: str) -> None:
-        self.store = store
-        self.job = job
-        self._published = EVENTS_PUBLISHED.labels(service, job.kind)
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
 
     async def update(self, percent: float, step: int | None = None, message: str = "") -> None:
-        job = self.job
-        job.percent = round(min(100.0, max(0.0, percent)), 3)
-        job.step = step
-        job.message = message
-        data = {"percent": job.percent, "step": step, "message": message, "ts": time.time()}
-        await self.store.publish(job, "progress", data)
-        self._published.inc()
+        percent = round(min(100.0, max(0.0, percent)), 3)
+        data = {"percent": percent, "step": step, "message": message}
+        await self.run.report(
+            "progress", data, {"percent": percent, "step": step, "message": message}
+        )
 
     async def log(self, message: str) -> None:
-        await self.store.publish(self.job, "log", {"message": message, "ts": time.time()})
-        self._published.inc()
+        await self.run.report("log", {"message": message}, {})
 
 
-async def finish(store: JobStore, job: Job, state: State, service: str, **fields: Any) -> None:
-    """Move ``job`` to a final state with its one final event."""
-    job.state = state
-    job.finished_at = time.time()
-    data: dict[str, Any] = {"ts": job.finished_at}
-    if state == "succeeded":
-        job.result = fields.get("result")
-        job.percent = 100.0
-        data["result"] = job.result
-    else:
-        job.error = fields.get("error")
-        data["error"] = job.error
-    await store.publish(job, FINAL_EVENT[state], data)
-    EVENTS_PUBLISHED.labels(service, job.kind).inc()
-    JOBS_FINISHED.labels(service, job.kind, state).inc()
-    if job.started_at is not None:
-        JOB_DURATION.labels(service, job.kind).observe(job.finished_at - job.started_at)
+class JobRun:
+    """One attempt of a job, from its start to its final event (or the loss of its lease)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job: Job,
+        token: str,
+        timing: Timing,
+        service: str,
+        renewed: float,
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.token = token
+        self.timing = timing
+        self.service = service
+        self.seq = job.seq
+        self.renewed = renewed  # monotonic: when the last renewal that succeeded was sent
+        self.lost: str | None = None
+        self.cancel_seen = False
+        self.finishing = False
+        self.task = asyncio.current_task()
+        self._published = EVENTS_PUBLISHED.labels(service, job.kind)
+        self._unreachable_logged = False
+
+    @property
+    def deadline(self) -> float:
+        return self.renewed + self.timing.give_up
+
+    async def run(self, kind: Kind) -> None:
+        beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            try:
+                state, fields = await self._work(kind)
+            except asyncio.CancelledError:
+                if self.lost is not None:
+                    self._uncancel()
+                    return  # the job is another runner's, or the reaper's: say nothing
+                if self.cancel_seen or await self._cancel_requested():
+                    self._uncancel()
+                    await self.finish("cancelled", error="cancelled by request")
+                    return
+                raise  # the worker is stopping: the lease runs out and the reaper takes over
+            await self.finish(state, **fields)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _work(self, kind: Kind) -> tuple[State, dict[str, Any]]:
+        try:
+            result = await kind.run(kind.params.model_validate(self.job.params), Reporter(self))
+        except JobFailed as exc:
+            return "failed", {"error": str(exc)}
+        except Exception as exc:
+            log.exception("job %s failed", self.job.id)
+            return "failed", {"error": f"{type(exc).__name__}: {exc}"}
+        return "succeeded", {"result": result}
+
+    async def report(self, type: str, data: dict[str, Any], changes: dict[str, Any]) -> None:
+        """A kind's event; a runner that lost its lease stops here (as if cancelled)."""
+        stamped = {**data, "attempt": self.job.attempt, "ts": time.time()}
+        if not await self._send(type, stamped, changes):
+            raise asyncio.CancelledError(self.lost)
+
+    async def finish(self, state: State, **fields: Any) -> None:
+        """The job's one final event, with its final state."""
+        self.finishing = True  # from here the heartbeat no longer interrupts
+        changes = final_changes(state, time.time(), **fields)
+        data = final_data(changes)
+        if not await self._send(FINAL_EVENT[state], data, changes, final=True):
+            return
+        JOBS_FINISHED.labels(self.service, self.job.kind, state).inc()
+        if self.job.started_at is not None:
+            JOB_DURATION.labels(self.service, self.job.kind).observe(
+                changes["finished_at"] - self.job.started_at
+            )
+
+    async def _send(
+        self, type: str, data: dict[str, Any], changes: dict[str, Any], final: bool = False
+    ) -> bool:
+        """Publish the next event, retrying while Redis is away; False if the lease is lost."""
+        seq = self.seq + 1
+        delay = 0.05
+        while self.lost is None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self._lose(f"Redis unreachable for {self.timing.give_up:g} s")
+                break
+            try:
+                async with asyncio.timeout(left):
+                    await self.store.advance(
+                        self.job.id, self.token, seq, type, data, changes, final
+                    )
+            except Fenced:
+                self._lose("its lease was taken over (expired, or the job ended)")
+                break
+            except UNREACHABLE:
+                self._unreachable()
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            self.seq = seq
+            self._published.inc()
+            return True
+        return False
+
+    async def _heartbeat(self) -> None:
+        failing = False
+        while self.lost is None:
+            await asyncio.sleep(
+                min(0.25, self.timing.interval) if failing else self.timing.interval
+            )
+            sent = time.monotonic()
+            if sent > self.deadline:
+                self._lose(f"Redis unreachable for {self.timing.give_up:g} s", interrupt=True)
+                return
+            try:
+                async with asyncio.timeout(self.deadline - sent):
+                    answer = await self.store.renew(self.job.id, self.token, self.timing.hold)
+            except UNREACHABLE:
+                self._unreachable()
+                failing = True
+                continue
+            failing = False
+            if answer == "lost":
+                self._lose("its lease was taken over (expired, or the job ended)", interrupt=True)
+                return
+            self.renewed = sent
+            if answer == "cancel" and not self.cancel_seen:
+                self.cancel_seen = True  # arq's abort, or the local task's cancel, may miss
+                self._interrupt()
+
+    def _lose(self, reason: str, interrupt: bool = False) -> None:
+        if self.lost is not None:
+            return
+        self.lost = reason
+        log.warning(
+            "job %s (attempt %s) lost its lease: %s; stopped, publishing nothing more",
+            self.job.id,
+            self.job.attempt,
+            reason,
+            extra={"event": "lease_lost", "job_id": self.job.id, "attempt": self.job.attempt},
+        )
+        if interrupt:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self.task is not None and not self.finishing:
+            self.task.cancel()
+
+    def _uncancel(self) -> None:
+        if self.task is not None:
+            self.task.uncancel()
+
+    def _unreachable(self) -> None:
+        if not self._unreachable_logged:
+            self._unreachable_logged = True
+            log.warning("job %s: Redis unreachable; retrying", self.job.id, exc_info=True)
+
+    async def _cancel_requested(self) -> bool:
+        try:
+            async with asyncio.timeout(max(0.01, self.deadline - time.monotonic())):
+                return await self.store.cancel_requested(self.job.id)
+        except UNREACHABLE:
+            return False
 
 
-async def execute(store: JobStore, job_id: str, attempt: int, lease: float, service: str) -> None:
+async def execute(store: JobStore, job_id: str, attempt: int, timing: Timing, service: str) -> None:
     """Run one attempt of a job, unless it was cancelled, lost or superseded meanwhile."""
-    job = await store.get(job_id)
-    if job is None or job.state != "queued" or job.attempt != attempt:
-        return
-    if await store.cancel_requested(job.id):  # cancelled while it waited in the queue
+    token = uuid.uuid4().hex
+    sent = time.monotonic()
+    data = {"message": f"started (attempt {attempt})", "attempt": attempt, "ts": time.time()}
+    job = await store.start(job_id, attempt, token, timing.hold, data)
+    if job is None:
         return
     kind = KINDS[job.kind]
-    job.state = "running"
-    job.started_at = time.time()
-    heartbeat = None
-    if isinstance(store, RedisStore):
-        await store.redis.zadd(store.running_key, {job.id: time.time() + lease})
-        heartbeat = asyncio.get_running_loop().create_task(_heartbeat(store, job.id, lease))
-    reporter = Reporter(store, job, service)
-    try:
-        await reporter.log(f"started (attempt {attempt})")
-        result = await kind.run(kind.params.model_validate(job.params), reporter)
-    except asyncio.CancelledError:
-        if await store.cancel_requested(job.id):
-            job.cancel_requested = True
-            await finish(store, job, "cancelled", service, error="cancelled by request")
-            return
-        raise  # the worker is stopping: the lease runs out and the reaper takes over
-    except JobFailed as exc:
-        await finish(store, job, "failed", service, error=str(exc))
-    except Exception as exc:
-        log.exception("job %s failed", job.id)
-        await finish(store, job, "failed", service, error=f"{type(exc).__name__}: {exc}")
-    else:
-        await finish(store, job, "succeeded", service, result=result)
-    finally:
-        if heartbeat is not None:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-
-
-async def _heartbeat(store: RedisStore, job_id: str, lease: float) -> None:
-    while True:
-        await asyncio.sleep(lease / 3)
-        try:
-            await store.redis.zadd(store.running_key, {job_id: time.time() + lease}, xx=True)
-        except Exception:
-            log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+    await JobRun(store, job, token, timing, service, sent).run(kind)
 
 
 async def reap(
-    store: RedisStore, lease: float, service: str, requeue: Callable[[Job], Awaitable[None]]
+    store: RedisStore, timing: Timing, service: str, requeue: Callable[[Job], Awaitable[None]]
 ) -> int:
-    """Fail (or retry, if its kind allows) every running job whose lease ran out."""
-    expired = await store.redis.zrangebyscore(store.running_key, "-inf", time.time())
-    reaped = 0
-    for raw in expired:
-        job_id = raw.decode()
-        if not await store.redis.zrem(store.running_key, job_id):
-            continue  # another API process took it
+    """Fail (or retry, if its kind allows) every running job whose lease really expired."""
+    for job_id in await store.requeued():  # what an earlier pass took but could not queue
         job = await store.get(job_id)
-        if job is None or job.final:
+        if job is not None and job.state == "queued":
+            await requeue(job)
+        await store.requeued_done(job_id)
+    reaped = 0
+    reason = f"the job's worker stopped responding (no heartbeat for {timing.give_up:g} s)"
+    for job_id in await store.expired():
+        job = await store.get(job_id)
+        if job is None or job.final:  # a stale entry: nothing can make such a job run again
+            await store.redis.zrem(store.running_key, job_id)
             continue
+        kind = KINDS.get(job.kind)
+        retry = kind is not None and job.attempt <= kind.retries
+        message = f"{reason}; retrying (attempt {job.attempt + 1})" if retry else reason
+        if not await store.reap(job, retry, message):
+            continue  # renewed meanwhile, or another API process took it
         reaped += 1
         JOBS_LOST.labels(service, job.kind).inc()
-        reason = f"the job's worker stopped responding (no heartbeat for {lease:g} s)"
-        if job.attempt <= KINDS[job.kind].retries:
+        if retry:
             job.attempt += 1
             job.state = "queued"
-            await store.publish(
-                job,
-                "log",
-                {"message": f"{reason}; retrying (attempt {job.attempt})", "ts": time.time()},
-            )
             await requeue(job)
+            await store.requeued_done(job.id)
         else:
-            await finish(store, job, "failed", service, error=reason)
+            JOBS_FINISHED.labels(service, job.kind, "failed").inc()
     return reaped

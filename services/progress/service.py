@@ -12,14 +12,16 @@ from typing import Any, Protocol
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job as ArqJob
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from progress.kinds import CHECKSUM_FILES, load_checksum_files
 from progress.metrics import QUEUE_DEPTH
 from progress.model import Job
-from progress.runner import execute, reap
+from progress.redis_store import RedisStore
+from progress.runner import Timing, execute, reap
 from progress.settings import ProgressSettings
-from progress.store import JobStore, MemoryStore, RedisStore
-from progress.worker import QUEUE, store_prefix
+from progress.store import JobStore, MemoryStore
+from progress.worker import QUEUE, redis_client, redis_store
 from sluice.runtime import Runtime
 
 log = logging.getLogger("progress")
@@ -41,16 +43,11 @@ class LocalRunner:
     def __init__(self, store: JobStore, settings: ProgressSettings) -> None:
         self.store = store
         self.settings = settings
+        self.timing = Timing(settings.progress_lease, settings.progress_lease_grace)
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     async def submit(self, job: Job) -> None:
-        run = execute(
-            self.store,
-            job.id,
-            job.attempt,
-            self.settings.progress_lease,
-            self.settings.service_name,
-        )
+        run = execute(self.store, job.id, job.attempt, self.timing, self.settings.service_name)
         task = asyncio.get_running_loop().create_task(run)
         self.tasks[job.id] = task
         task.add_done_callback(lambda _: self.tasks.pop(job.id, None))
@@ -71,18 +68,32 @@ class ArqRunner:
 
     mode = "redis"
 
-    def __init__(self, pool: ArqRedis) -> None:
+    def __init__(self, pool: ArqRedis, store: RedisStore, timeout: float) -> None:
         self.pool = pool
+        self.store = store
+        self.timeout = timeout  # arq's client has no socket timeout of its own
 
     async def submit(self, job: Job) -> None:
-        await self.pool.enqueue_job(
-            "run_job", job.id, job.attempt, _job_id=f"{job.id}:{job.attempt}", _queue_name=QUEUE
-        )
+        """Queue an attempt. A job is created in the store's requeue set, so one whose
+        queueing fails here (Redis went away) is queued by the reaper's next pass."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.pool.enqueue_job(
+                    "run_job",
+                    job.id,
+                    job.attempt,
+                    _job_id=f"{job.id}:{job.attempt}",
+                    _queue_name=QUEUE,
+                )
+        except TimeoutError:
+            raise RedisTimeoutError("queueing the job timed out") from None
+        await self.store.requeued_done(job.id)
 
     async def cancel(self, job: Job) -> None:
         arq_job = ArqJob(f"{job.id}:{job.attempt}", self.pool, _queue_name=QUEUE)
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            await arq_job.abort(timeout=0.01, poll_delay=0.01)
+            async with asyncio.timeout(self.timeout):
+                await arq_job.abort(timeout=0.01, poll_delay=0.01)
 
     async def depth(self) -> int:
         return int(await self.pool.zcard(QUEUE))
@@ -103,19 +114,15 @@ class ProgressService:
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        settings, redis = self.settings, self.runtime.redis
+        settings = self.settings
         background: list[asyncio.Task[None]] = []
         pool = None
-        if redis is not None:
-            store = RedisStore(
-                redis,
-                store_prefix(settings),
-                settings.progress_max_events,
-                settings.progress_retention,
-            )
+        if self.runtime.redis is not None:
+            # Its own client: every command bounded (the core's waits forever by default).
+            store = redis_store(settings, redis_client(settings))
             assert settings.redis_url is not None
             pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-            runner = ArqRunner(pool)
+            runner = ArqRunner(pool, store, settings.progress_redis_timeout)
             self.store, self.runner = store, runner
             loop = asyncio.get_running_loop()
             background.append(loop.create_task(self._reaper(store, runner)))
@@ -131,17 +138,23 @@ class ProgressService:
                 await self.runner.close()
             if isinstance(self.store, RedisStore):
                 await self.store.close()
+                await self.store.redis.aclose()
             if pool is not None:
                 await pool.aclose()
 
     async def _reaper(self, store: RedisStore, runner: ArqRunner) -> None:
-        lease = self.settings.progress_lease
+        timing = Timing(self.settings.progress_lease, self.settings.progress_lease_grace)
+        failing = False
         while True:
-            await asyncio.sleep(min(1.0, lease / 3))
+            await asyncio.sleep(min(1.0, timing.interval))
             try:
-                await reap(store, lease, self.settings.service_name, runner.submit)
+                await reap(store, timing, self.settings.service_name, runner.submit)
             except Exception:
-                log.warning("reaper pass failed", exc_info=True)
+                if not failing:  # once per outage
+                    log.warning("reaper pass failed", exc_info=True)
+                failing = True
+            else:
+                failing = False
 
     async def _queue_depth(self, runner: ArqRunner) -> None:
         gauge = QUEUE_DEPTH.labels(self.settings.service_name)

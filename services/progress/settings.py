@@ -13,7 +13,20 @@ class ProgressSettings(CoreSettings):
         3600, ge=10, description="Seconds a finished job and its events are kept (Redis)."
     )
     progress_lease: float = Field(
-        10.0, gt=0, description="Seconds without a heartbeat before a running job is lost."
+        10.0,
+        gt=0,
+        description="Seconds of lease a running job always has left; renewed every lease/3 s.",
+    )
+    progress_lease_grace: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds past a lease's expiry (by Redis's clock) before the job is reaped.",
+    )
+    progress_redis_timeout: float = Field(
+        2.0,
+        ge=0.5,
+        le=60,
+        description="Seconds one Redis command of the progress service or worker may take.",
     )
     progress_checksum_files: str = Field(
         "", description="name=path pairs the checksum kind may read (comma-separated)."
@@ -23,4 +36,9 @@ class ProgressSettings(CoreSettings):
     progress_seed_delay: float = Field(0.1, ge=0, description="Seconds between /progress steps.")
     progress_worker_metrics_port: int = Field(
         8013, ge=0, description="Port of the job worker's /metrics (0: off)."
+    )
+    progress_worker_metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address of the job worker's /metrics (the image's entrypoint: 0.0.0.0).",
     )

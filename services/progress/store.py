@@ -3,25 +3,44 @@
 Both give the same promise to a subscriber: ``events(job, after)`` yields every event
 after ``after`` (replay), then each new one as it is published (live), in order, with
 no gap and no duplicate, and ends after the job's final event.
+
+And the same promise about a job's state: every change is one atomic transition that
+also appends its event, so the history a subscriber reads always agrees with ``get``.
+
+* ``start`` moves a queued attempt to ``running`` and gives it a lease, named by a
+  fencing token the runner shows with every later write;
+* ``advance`` appends a runner's event (and, for the last, its final state) only while
+  that token still holds the lease and the event is the next one (``seq``); a retry of
+  a write that was applied (its reply lost) is recognised, not applied twice;
+* a final state is never overwritten: once a job is final, every write is refused.
+
+Event ids are the job's event numbers (``1``, ``2``, ...) in both modes, so a position
+(``Last-Event-ID``, ``?after=``) means the same thing wherever it is used.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
+from typing import Any, Literal, Protocol
 
 from progress.model import Job, JobEvent
 
-log = logging.getLogger("progress.store")
+Renewal = Literal["held", "cancel", "lost"]
+"""A lease renewal's answer: renewed; renewed and a cancel was asked; no longer held."""
+
+_SEQUENCE = re.compile(r"^\d{1,18}$")
+
+
+class Fenced(Exception):
+    """A write refused: its runner no longer holds the job's lease, or the job is final."""
+
+
+def valid_sequence(value: str) -> bool:
+    return bool(_SEQUENCE.match(value))
 
 
 class JobStore(Protocol):
@@ -31,35 +50,86 @@ class JobStore(Protocol):
 
     async def list(self, owner: str) -> list[Job]: ...
 
-    async def save(self, job: Job) -> None: ...
-
-    async def publish(self, job: Job, type: str, data: dict[str, Any]) -> str:
-        """Append an event and save ``job`` with it, atomically; the event's id."""
+    async def start(
+        self, job_id: str, attempt: int, token: str, hold: float, data: dict[str, Any]
+    ) -> Job | None:
+        """``queued`` -> ``running`` with a ``log`` event ``data``, held by ``token`` for
+        ``hold`` s; None if the attempt is not (or no longer) the job's queued one or a
+        cancel was asked (then the job is ``cancelled``)."""
         ...
 
-    def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]: ...
+    async def renew(self, job_id: str, token: str, hold: float) -> Renewal: ...
 
-    def valid_event_id(self, value: str) -> bool: ...
+    async def advance(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        type: str,
+        data: dict[str, Any],
+        changes: dict[str, Any],
+        final: bool = False,
+    ) -> str:
+        """Apply ``changes`` to the job and append event number ``seq``; its id.
+        Raises :class:`Fenced` unless ``token`` holds the lease and ``seq`` is next."""
+        ...
 
-    async def request_cancel(self, job: Job) -> None:
+    async def cancel_queued(self, job_id: str, reason: str) -> bool:
+        """``queued`` -> ``cancelled``; False if the job was not queued."""
+        ...
+
+    async def request_cancel(self, job_id: str) -> None:
         """Mark a cancel request where the job's runner finds it (never overwritten)."""
         ...
 
     async def cancel_requested(self, job_id: str) -> bool: ...
 
+    def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]: ...
+
+    def valid_event_id(self, value: str) -> bool: ...
+
     @property
     def subscribers(self) -> int: ...
 
 
+def final_changes(state: str, finished_at: float, **fields: Any) -> dict[str, Any]:
+    """The job fields a final transition sets."""
+    changes: dict[str, Any] = {"state": state, "finished_at": finished_at}
+    if state == "succeeded":
+        changes["result"] = fields.get("result")
+        changes["percent"] = 100.0
+    else:
+        changes["error"] = fields.get("error")
+    return changes
+
+
+def final_data(changes: dict[str, Any]) -> dict[str, Any]:
+    """The final event's data, from the final transition's changes."""
+    data: dict[str, Any] = {"ts": changes["finished_at"]}
+    if changes["state"] == "succeeded":
+        data["result"] = changes["result"]
+    else:
+        data["error"] = changes["error"]
+    return data
+
+
+def _copy(job: Job) -> Job:
+    return Job.from_dict(job.to_dict())  # to_dict copies deeply: no caller shares state
+
+
 class MemoryStore:
-    """Embedded mode: one process holds every job; events are bounded per job."""
+    """Embedded mode: one process holds every job; events are bounded per job.
+
+    The runner is in this process, so a lease is never lost to a reaper here; the same
+    fencing still holds (a final state is never overwritten, a write must be the next
+    one of the lease's holder), and readers get copies, never the runner's own job."""
 
     def __init__(self, max_jobs: int, max_events: int) -> None:
         self.max_jobs = max_jobs
         self.max_events = max_events
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._events: dict[str, list[JobEvent]] = {}
-        self._offset: dict[str, int] = {}  # events dropped from the front, per job
+        self._by: dict[str, str] = {}  # the writer of each job's last event
         self._changed: dict[str, asyncio.Condition] = {}
         self._subscribers = 0
 
@@ -68,51 +138,98 @@ class MemoryStore:
         return self._subscribers
 
     def valid_event_id(self, value: str) -> bool:
-        return value.isdigit() and len(value) < 19
+        return valid_sequence(value)
 
     async def create(self, job: Job) -> None:
-        self._jobs[job.id] = job
+        self._jobs[job.id] = _copy(job)
         self._events[job.id] = []
-        self._offset[job.id] = 0
         self._changed[job.id] = asyncio.Condition()
         while len(self._jobs) > self.max_jobs:
             oldest = next((j for j in self._jobs.values() if j.final), None)
             if oldest is None:
                 break
-            for table in (self._jobs, self._events, self._offset, self._changed):
+            for table in (self._jobs, self._events, self._changed, self._by):
                 table.pop(oldest.id, None)
 
     async def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        job = self._jobs.get(job_id)
+        return _copy(job) if job is not None else None
 
     async def list(self, owner: str) -> list[Job]:
-        return [j for j in self._jobs.values() if j.owner == owner]
+        return [_copy(j) for j in self._jobs.values() if j.owner == owner]
 
-    async def save(self, job: Job) -> None:
-        self._jobs[job.id] = job
+    async def start(
+        self, job_id: str, attempt: int, token: str, hold: float, data: dict[str, Any]
+    ) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state != "queued" or job.attempt != attempt:
+            return None
+        if job.cancel_requested:
+            await self.cancel_queued(job_id, "cancelled by request")
+            return None
+        job.lease = token
+        await self._append(job, token, "log", data, {"state": "running", "started_at": data["ts"]})
+        return _copy(job)
 
-    async def request_cancel(self, job: Job) -> None:
-        job.cancel_requested = True
-        stored = self._jobs.get(job.id)
-        if stored is not None:
-            stored.cancel_requested = True
+    async def renew(self, job_id: str, token: str, hold: float) -> Renewal:
+        job = self._jobs.get(job_id)
+        if job is None or job.lease != token or job.state != "running":
+            return "lost"
+        return "cancel" if job.cancel_requested else "held"
+
+    async def advance(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        type: str,
+        data: dict[str, Any],
+        changes: dict[str, Any],
+        final: bool = False,
+    ) -> str:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise Fenced(f"job {job_id} is gone")
+        if seq == job.seq and self._by.get(job_id) == token:
+            return str(seq)  # applied already
+        if seq != job.seq + 1 or job.lease != token or job.state != "running":
+            raise Fenced(f"job {job_id}: event {seq} refused (state {job.state})")
+        await self._append(job, token, type, data, changes)
+        if final:
+            job.lease = None
+        return str(seq)
+
+    async def cancel_queued(self, job_id: str, reason: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.state != "queued":
+            return False
+        changes = final_changes("cancelled", time.time(), error=reason)
+        await self._append(job, "", "cancelled", final_data(changes), changes)
+        return True
+
+    async def request_cancel(self, job_id: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.cancel_requested = True
 
     async def cancel_requested(self, job_id: str) -> bool:
         job = self._jobs.get(job_id)
         return job is not None and job.cancel_requested
 
-    async def publish(self, job: Job, type: str, data: dict[str, Any]) -> str:
+    async def _append(
+        self, job: Job, by: str, type: str, data: dict[str, Any], changes: dict[str, Any]
+    ) -> None:
+        for name, value in changes.items():
+            setattr(job, name, value)
+        job.seq += 1
+        self._by[job.id] = by
         events = self._events[job.id]
-        number = self._offset[job.id] + len(events) + 1
-        events.append(JobEvent(str(number), type, data))
+        events.append(JobEvent(str(job.seq), type, data))
         if len(events) > self.max_events:
             del events[0]
-            self._offset[job.id] += 1
-        self._jobs[job.id] = job
         condition = self._changed[job.id]
         async with condition:
             condition.notify_all()
-        return str(number)
 
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]:
         condition = self._changed.get(job_id)
@@ -123,206 +240,17 @@ class MemoryStore:
             last = int(after) if after else 0
             while True:
                 events = self._events.get(job_id, [])
-                start = max(0, last - self._offset.get(job_id, 0))
-                for event in events[start:]:
+                first = int(events[0].id) if events else 0
+                for event in events[max(0, last + 1 - first) :]:
                     last = int(event.id)
                     yield event
                     if event.final:
                         return
                 async with condition:
-                    if self._offset.get(job_id, 0) + len(self._events.get(job_id, [])) <= last:
+                    job = self._jobs.get(job_id)
+                    if job is None:
+                        return  # evicted
+                    if job.seq <= last:
                         await condition.wait()
         finally:
             self._subscribers -= 1
-
-
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
-def _id_key(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq)
-
-
-class RedisStore:
-    """Shared mode: jobs and events in Redis, so any worker or replica serves any job.
-
-    Events are a Redis Stream per job; a stream entry's id is the SSE event id. One reader
-    task per process follows every stream it has subscribers for (one XREAD for all) and
-    fans events out to them.
-    """
-
-    def __init__(self, redis: Redis, prefix: str, max_events: int, retention: int) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.max_events = max_events
-        self.retention = retention
-        self._queues: dict[str, set[asyncio.Queue[JobEvent | None]]] = {}
-        self._positions: dict[str, str] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._attaching = asyncio.Lock()
-        self._subscribers = 0
-
-    @property
-    def subscribers(self) -> int:
-        return self._subscribers
-
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def events_key(self, job_id: str) -> str:
-        return f"{self.prefix}:events:{job_id}"
-
-    def owner_key(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}"
-
-    @property
-    def running_key(self) -> str:
-        return f"{self.prefix}:running"
-
-    def valid_event_id(self, value: str) -> bool:
-        return bool(_STREAM_ID.match(value))
-
-    async def create(self, job: Job) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.job_key(job.id), json.dumps(job.to_dict()))
-            pipe.zadd(self.owner_key(job.owner), {job.id: job.created_at})
-            pipe.zremrangebyscore(self.owner_key(job.owner), "-inf", time.time() - self.retention)
-            await pipe.execute()
-
-    async def get(self, job_id: str) -> Job | None:
-        raw = await self.redis.get(self.job_key(job_id))
-        return Job.from_dict(json.loads(raw)) if raw else None
-
-    async def list(self, owner: str) -> list[Job]:
-        ids = await self.redis.zrange(self.owner_key(owner), 0, -1)
-        if not ids:
-            return []
-        raws = await self.redis.mget([self.job_key(i.decode()) for i in ids])
-        return [Job.from_dict(json.loads(r)) for r in raws if r]
-
-    async def save(self, job: Job) -> None:
-        await self.redis.set(self.job_key(job.id), json.dumps(job.to_dict()))
-
-    def cancel_key(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
-
-    async def request_cancel(self, job: Job) -> None:
-        # Its own key: the runner rewrites the job's JSON with every progress event.
-        job.cancel_requested = True
-        await self.redis.set(self.cancel_key(job.id), b"1", ex=self.retention)
-
-    async def cancel_requested(self, job_id: str) -> bool:
-        return bool(await self.redis.exists(self.cancel_key(job_id)))
-
-    async def publish(self, job: Job, type: str, data: dict[str, Any]) -> str:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self.events_key(job.id),
-                {"type": type, "data": json.dumps(data)},
-                maxlen=self.max_events,
-                approximate=True,
-            )
-            pipe.set(self.job_key(job.id), json.dumps(job.to_dict()))
-            if job.final:
-                pipe.zrem(self.running_key, job.id)
-                pipe.expire(self.job_key(job.id), self.retention)
-                pipe.expire(self.events_key(job.id), self.retention)
-            results = await pipe.execute()
-        event_id: bytes = results[0]
-        return event_id.decode()
-
-    async def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]:
-        key = self.events_key(job_id)
-        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(maxsize=10_000)
-        await self._attach(key, queue)  # before the replay: nothing falls in between
-        self._subscribers += 1
-        try:
-            last = after or "0-0"
-            while True:  # replay, in pages
-                page = await self.redis.xrange(key, min=f"({last}", count=500)
-                for entry_id, fields in page:
-                    event = _event(entry_id, fields)
-                    last = event.id
-                    yield event
-                    if event.final:
-                        return
-                if len(page) < 500:
-                    break
-            while True:  # live, skipping what the replay already gave
-                item = await queue.get()
-                if item is None:
-                    raise RuntimeError("subscriber fell behind; reconnect to resume")
-                if _id_key(item.id) <= _id_key(last):
-                    continue
-                last = item.id
-                yield item
-                if item.final:
-                    return
-        finally:
-            self._subscribers -= 1
-            self._detach(key, queue)
-
-    async def _attach(self, key: str, queue: asyncio.Queue[JobEvent | None]) -> None:
-        # Serialised: two first subscribers of one job must not both create its queue set
-        # (the second would drop the first's queue, which then never hears a live event).
-        async with self._attaching:
-            if key not in self._queues:
-                newest = await self.redis.xrevrange(key, count=1)
-                self._positions[key] = newest[0][0].decode() if newest else "0-0"
-                self._queues[key] = set()
-            self._queues[key].add(queue)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
-        self._wake.set()
-
-    def _detach(self, key: str, queue: asyncio.Queue[JobEvent | None]) -> None:
-        queues = self._queues.get(key)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self._queues[key]
-                self._positions.pop(key, None)
-
-    async def _read(self) -> None:
-        """The one reader of this process: every followed stream in one blocking XREAD."""
-        while True:
-            if not self._queues:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            streams = dict(self._positions)
-            try:
-                # A short block, so streams followed since are picked up quickly.
-                replies = await self.redis.xread(streams, block=250, count=1000)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("event reader failed; retrying", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            for raw_key, entries in replies or ():
-                key = raw_key.decode()
-                queues = self._queues.get(key)
-                for entry_id, fields in entries:
-                    event = _event(entry_id, fields)
-                    if key in self._positions:
-                        self._positions[key] = event.id
-                    for queue in list(queues or ()):
-                        try:
-                            queue.put_nowait(event)
-                        except asyncio.QueueFull:  # a stuck subscriber: let it resume later
-                            with contextlib.suppress(asyncio.QueueFull):
-                                queue.get_nowait()
-                                queue.put_nowait(None)
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-
-
-def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> JobEvent:
-    return JobEvent(entry_id.decode(), fields[b"type"].decode(), json.loads(fields[b"data"]))

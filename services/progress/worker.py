@@ -12,11 +12,15 @@ from arq import run_worker
 from arq.connections import RedisSettings
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from progress.kinds import CHECKSUM_FILES, load_checksum_files
-from progress.runner import execute
+from progress.redis_store import RedisStore
+from progress.runner import Timing, execute
 from progress.settings import ProgressSettings
-from progress.store import RedisStore
 from sluice.logs import configure_logging
 
 QUEUE = "sluice:progress:queue"
@@ -27,9 +31,30 @@ def store_prefix(settings: ProgressSettings) -> str:
     return f"sluice:{settings.service_name}"
 
 
+def redis_client(settings: ProgressSettings) -> Redis:
+    """The job store's client: no command waits longer than SLUICE_PROGRESS_REDIS_TIMEOUT."""
+    assert settings.redis_url is not None
+    timeout = settings.progress_redis_timeout
+    redis: Redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return redis
+
+
+def redis_store(settings: ProgressSettings, redis: Redis) -> RedisStore:
+    return RedisStore(
+        redis,
+        store_prefix(settings),
+        settings.progress_max_events,
+        settings.progress_retention,
+        grace=settings.progress_lease_grace,
+    )
+
+
 async def run_job(ctx: dict[str, Any], job_id: str, attempt: int) -> None:
     settings: ProgressSettings = ctx["settings"]
-    await execute(ctx["store"], job_id, attempt, settings.progress_lease, ctx["service"])
+    timing = Timing(settings.progress_lease, settings.progress_lease_grace)
+    await execute(ctx["store"], job_id, attempt, timing, ctx["service"])
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -37,14 +62,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     assert settings.redis_url, "the job worker needs SLUICE_REDIS_URL"
     configure_logging(f"{settings.service_name}-worker", settings.log_level, settings.log_format)
     CHECKSUM_FILES.update(load_checksum_files(settings.progress_checksum_files))
-    redis = Redis.from_url(settings.redis_url)
     ctx["settings"] = settings
     ctx["service"] = f"{settings.service_name}-worker"
-    ctx["store"] = RedisStore(
-        redis, store_prefix(settings), settings.progress_max_events, settings.progress_retention
-    )
+    ctx["store"] = redis_store(settings, redis_client(settings))
     if settings.progress_worker_metrics_port:
-        start_http_server(settings.progress_worker_metrics_port, addr="127.0.0.1")
+        start_http_server(
+            settings.progress_worker_metrics_port, addr=settings.progress_worker_metrics_host
+        )
     log.info("job worker started", extra={"event": "startup"})
 
 
@@ -53,8 +77,13 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def redis_settings() -> RedisSettings:
+    """arq's connection: it retries while Redis is away (stopped, restarting) rather than
+    ending the worker, whose running jobs keep their leases meanwhile if they can."""
     url = ProgressSettings().redis_url or "redis://127.0.0.1:6379/0"
-    return RedisSettings.from_dsn(url)
+    settings = RedisSettings.from_dsn(url)
+    settings.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=-1)
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    return settings
 
 
 class WorkerSettings:

@@ -17,8 +17,9 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from sluice import devstack
 from tests.support.metrics import wait_for
-from tests.support.procs import Proc, start, start_nginx, start_service
+from tests.support.procs import Proc, start, start_nginx, start_redis, start_service
 
 KEY = "sk-e2e-progress-000000000000000001"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -31,6 +32,7 @@ class Stack:
             "SLUICE_API_KEYS": KEY,
             "SLUICE_REDIS_URL": redis_url,
             "SLUICE_PROGRESS_LEASE": "1",
+            "SLUICE_PROGRESS_LEASE_GRACE": "0.5",
             "SLUICE_SERVICE_NAME": "progress",
             "SLUICE_PROGRESS_WORKER_METRICS_PORT": "0",
             "SLUICE_RATE_LIMIT": "10000/minute",
@@ -106,9 +108,7 @@ def test_job_streams_through_nginx_with_stream_ids(stack: Stack) -> None:
     events, done = read_events(stack.nginx.url + job["events_url"])
     assert done
     assert [e["event"] for e in events] == ["log"] + ["progress"] * 10 + ["complete"]
-    ids = [tuple(map(int, e["id"].split("-"))) for e in events]
-    assert ids == sorted(ids)
-    assert len(set(ids)) == len(ids)
+    assert [e["id"] for e in events] == [str(n) for n in range(1, 13)]  # event numbers
     state = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
     assert state["state"] == "succeeded"
 
@@ -208,7 +208,7 @@ def test_job_worker_killed_mid_job_fails_the_job_in_time(stack: Stack) -> None:
         assert done
         assert events[-1]["event"] == "failed"
         assert "stopped responding" in events[-1]["data"]["error"]
-        assert took < 4.0  # lease 1 s + the reaper's pass
+        assert took < 4.0  # lease 1 s + a renewal interval 0.33 s + grace 0.5 s + a pass
     finally:
         stack.worker = stack.start_worker()
     state = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
@@ -235,3 +235,90 @@ def test_a_kind_that_allows_retries_runs_again_after_its_worker_dies(stack: Stac
     ]
     assert len(retried) == 1
     assert httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()["attempt"] == 2
+
+
+def readme_progress_block() -> str:
+    readme = (devstack.ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## progress\n") :]
+    return section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh"))]
+
+
+def test_the_readme_progress_examples_run_as_written_in_redis_mode(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Regression: ``?after=5`` was a 400 in Redis mode (ids were stream entry ids)."""
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "dev-api-key").write_text(KEY + "\n")
+    script = readme_progress_block().replace("http://127.0.0.1:8080", stack.nginx.url)
+    script = script.replace('"steps": 20, "delay": 0.5', '"steps": 20, "delay": 0.05')
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert '{"error":' not in out.replace(" ", ""), out  # no JSON error answer
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith('{"id":"')]
+    assert [x["id"] for x in lines] == [str(n) for n in range(6, 23)]  # after event 5
+    assert lines[-1]["event"] == "complete"
+    assert out.count("event: complete") == 2  # the job's SSE stream and the seed's demo
+    assert '"state":"succeeded"' in out.replace(" ", "")
+
+
+@pytest.fixture(scope="module")
+def paused_stack(log_dir: Path) -> Iterator[tuple[Stack, Proc]]:
+    """A stack on a Redis of its own: this one is stopped and resumed."""
+    redis = start_redis(log_dir)
+    built = Stack(log_dir, redis.extra["url"])
+    try:
+        yield built, redis
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+        for proc in (built.nginx, built.worker, built.api, redis):
+            proc.stop()
+
+
+def final_events(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in events if e["event"] in ("complete", "failed", "cancelled")]
+
+
+def test_redis_sigstop_under_running_jobs_with_the_real_worker(
+    paused_stack: tuple[Stack, Proc],
+) -> None:
+    """Shorter than lease + grace (1.5 s): no job lost. Longer than the worker's give-up
+    (1.83 s): each job failed once, nothing from its stale runner after, never both."""
+    stack, redis = paused_stack
+    short = [stack.submit(steps=40, delay=0.05) for _ in range(4)]
+    time.sleep(0.5)
+    os.kill(redis.pid, signal.SIGSTOP)
+    time.sleep(1.0)
+    os.kill(redis.pid, signal.SIGCONT)
+    for job in short:
+        events, done = read_events(stack.nginx.url + job["events_url"])
+        state = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
+        assert done
+        assert final_events(events) == ["complete"]
+        assert state["state"] == "succeeded"
+        assert state["last_event_id"] == events[-1]["id"]
+
+    long = [stack.submit(steps=400, delay=0.05) for _ in range(4)]
+    time.sleep(0.5)
+    os.kill(redis.pid, signal.SIGSTOP)
+    time.sleep(3.0)
+    os.kill(redis.pid, signal.SIGCONT)
+    for job in long:
+        events, done = read_events(stack.nginx.url + job["events_url"])
+        state = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
+        assert done
+        assert final_events(events) == ["failed"]
+        assert "stopped responding" in events[-1]["data"]["error"]
+        assert state["state"] == "failed"
+        assert state["last_event_id"] == events[-1]["id"]
+        time.sleep(0.3)  # a stale runner would have written by now
+        again = httpx.get(stack.nginx.url + job["status_url"], headers=AUTH).json()
+        assert again["last_event_id"] == state["last_event_id"]
+    lost = [line for line in stack.worker.log().splitlines() if "lost its lease" in line]
+    assert len(lost) >= len(long)

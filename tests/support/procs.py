@@ -147,11 +147,12 @@ def worker_pids(master: Proc) -> list[int]:
     return children(master.pid)
 
 
-def start_redis(log_dir: Path) -> Proc:
-    port = free_port()
+def start_redis(log_dir: Path, args: Sequence[str] = (), port: int | None = None) -> Proc:
+    """``args`` override the defaults (``--appendonly yes`` ...); ``port`` restarts one."""
+    port = port or free_port()
     redis = shutil.which("redis-server") or "/usr/bin/redis-server"
     argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = start(f"redis-{port}", argv, log_dir)
+    proc = start(f"redis-{port}", [*argv, *args], log_dir)
     proc.port = port
     deadline = time.monotonic() + 10
     while True:

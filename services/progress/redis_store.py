@@ -1,0 +1,360 @@
+"""Shared mode: jobs and events in Redis, so any worker or replica serves any job.
+
+A job is a hash (each value JSON), its events a Redis Stream whose entry ids are
+``0-<event number>``. Every change of state is one Lua script (``redis_scripts``) that
+checks and writes atomically, on Redis's clock. One reader task per process follows
+every stream it has subscribers for (one XREAD for all) and fans events out to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from progress import redis_scripts
+from progress.model import Job, JobEvent
+from progress.store import Fenced, Renewal, final_changes, final_data, valid_sequence
+
+log = logging.getLogger("progress.store")
+
+Ids = list[str]  # (the store's own ``list`` method shadows the builtin in its class)
+Args = list[str | int | float]
+
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_PAGE = 500
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _pairs(changes: dict[str, Any]) -> list[str]:
+    return [item for name, value in changes.items() for item in (name, json.dumps(value))]
+
+
+def _stream_id(event_id: str) -> str:
+    """An event id as given by a client (``7``) as the stream entry id it names."""
+    return f"0-{event_id}" if valid_sequence(event_id) else event_id
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, JobEvent]:
+    raw = entry_id.decode()
+    ms, _, seq = raw.partition("-")
+    public = seq if ms == "0" else raw
+    return raw, JobEvent(public, fields[b"type"].decode(), json.loads(fields[b"data"]))
+
+
+def _job(stored: dict[bytes, bytes] | Sequence[bytes]) -> Job:
+    """A job from its hash: HGETALL's dict, or a script's flat list of fields and values."""
+    if not isinstance(stored, dict):
+        values = iter(stored)
+        stored = dict(zip(values, values, strict=True))
+    return Job.from_dict({k.decode(): json.loads(v) for k, v in stored.items()})
+
+
+class RedisStore:
+    def __init__(
+        self, redis: Redis, prefix: str, max_events: int, retention: int, grace: float = 0.0
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.max_events = max_events
+        self.retention = retention
+        self.grace = grace
+        self._start = redis.register_script(redis_scripts.START)
+        self._renew = redis.register_script(redis_scripts.RENEW)
+        self._advance = redis.register_script(redis_scripts.ADVANCE)
+        self._cancel_queued = redis.register_script(redis_scripts.CANCEL_QUEUED)
+        self._expired = redis.register_script(redis_scripts.EXPIRED)
+        self._reap = redis.register_script(redis_scripts.REAP)
+        self._queues: dict[str, set[asyncio.Queue[tuple[str, JobEvent] | None]]] = {}
+        self._positions: dict[str, str] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._attaching = asyncio.Lock()
+        self._subscribers = 0
+        self._closing = False
+
+    @property
+    def subscribers(self) -> int:
+        return self._subscribers
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:jobs:{job_id}"
+
+    def events_key(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def owner_key(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    @property
+    def running_key(self) -> str:
+        return f"{self.prefix}:running"
+
+    @property
+    def requeue_key(self) -> str:
+        return f"{self.prefix}:requeue"
+
+    def valid_event_id(self, value: str) -> bool:
+        # An event number, as in embedded mode; or a stream entry id, as ids were before.
+        return valid_sequence(value) or bool(_STREAM_ID.match(value))
+
+    async def create(self, job: Job) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            fields = {name: json.dumps(value) for name, value in job.to_dict().items()}
+            pipe.hset(self.job_key(job.id), mapping=fields)
+            pipe.zadd(self.owner_key(job.owner), {job.id: job.created_at})
+            pipe.zremrangebyscore(self.owner_key(job.owner), "-inf", time.time() - self.retention)
+            # Until it is queued: if queueing fails, the reaper's next pass queues it.
+            pipe.zadd(self.requeue_key, {job.id: job.created_at})
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> Job | None:
+        stored = await self.redis.hgetall(self.job_key(job_id))  # type: ignore[misc]
+        return _job(stored) if stored else None
+
+    async def list(self, owner: str) -> list[Job]:
+        ids = await self.redis.zrange(self.owner_key(owner), 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in ids:
+                pipe.hgetall(self.job_key(raw.decode()))
+            found = await pipe.execute()
+        return [_job(stored) for stored in found if stored]
+
+    async def start(
+        self, job_id: str, attempt: int, token: str, hold: float, data: dict[str, Any]
+    ) -> Job | None:
+        keys = [
+            self.job_key(job_id),
+            self.running_key,
+            self.events_key(job_id),
+            self.cancel_key(job_id),
+        ]
+        args: Args = [
+            job_id,
+            json.dumps(attempt),
+            json.dumps(token),
+            _ms(hold),
+            self.max_events,
+            "log",
+            json.dumps(data),
+            *_pairs({"state": "running", "started_at": data["ts"]}),
+        ]
+        started = await self._start(keys=keys, args=args)
+        if started == 0:  # cancelled while it waited
+            await self.cancel_queued(job_id, "cancelled by request")
+            return None
+        return _job(started) if started else None
+
+    async def renew(self, job_id: str, token: str, hold: float) -> Renewal:
+        keys = [self.job_key(job_id), self.running_key, self.cancel_key(job_id)]
+        args: Args = [job_id, json.dumps(token), _ms(hold), _ms(self.grace)]
+        answer = int(await self._renew(keys=keys, args=args))
+        return "held" if answer == 1 else "cancel" if answer == 2 else "lost"
+
+    async def advance(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        type: str,
+        data: dict[str, Any],
+        changes: dict[str, Any],
+        final: bool = False,
+    ) -> str:
+        keys = [self.job_key(job_id), self.running_key, self.events_key(job_id)]
+        args: Args = [
+            job_id,
+            json.dumps(token),
+            seq,
+            _ms(self.grace),
+            "1" if final else "0",
+            self.max_events,
+            self.retention,
+            type,
+            json.dumps(data),
+            *_pairs(changes),
+        ]
+        if not int(await self._advance(keys=keys, args=args)):
+            raise Fenced(f"job {job_id}: event {seq} refused (lease lost or job final)")
+        return str(seq)
+
+    async def cancel_queued(self, job_id: str, reason: str) -> bool:
+        changes = final_changes("cancelled", time.time(), error=reason)
+        keys = [self.job_key(job_id), self.events_key(job_id), self.requeue_key]
+        args: Args = [
+            job_id,
+            self.max_events,
+            self.retention,
+            "cancelled",
+            json.dumps(final_data(changes)),
+            *_pairs(changes),
+        ]
+        return bool(int(await self._cancel_queued(keys=keys, args=args)))
+
+    async def request_cancel(self, job_id: str) -> None:
+        # Its own key: never overwritten by the runner's writes, and read by start and renew.
+        await self.redis.set(self.cancel_key(job_id), b"1", ex=self.retention)
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self.cancel_key(job_id)))
+
+    async def expired(self, count: int = 100) -> Ids:
+        """Running jobs whose lease expired more than the grace ago, by Redis's clock."""
+        found = await self._expired(keys=[self.running_key], args=[_ms(self.grace), count])
+        return [raw.decode() for raw in found]
+
+    async def reap(self, job: Job, retry: bool, message: str) -> bool:
+        """Take a lost job from its runner: ``failed``, or ``queued`` for another attempt
+        (then listed in the requeue set until :meth:`requeued_done`); False if its lease
+        is held after all or it is no longer that attempt's run."""
+        now = time.time()
+        if retry:
+            changes: dict[str, Any] = {"state": "queued", "attempt": job.attempt + 1}
+            type, data = "log", {"message": message, "ts": now, "attempt": job.attempt}
+        else:
+            changes = final_changes("failed", now, error=message)
+            type, data = "failed", final_data(changes)
+        keys = [
+            self.job_key(job.id),
+            self.running_key,
+            self.events_key(job.id),
+            self.requeue_key,
+        ]
+        args: Args = [
+            job.id,
+            json.dumps(job.attempt),
+            _ms(self.grace),
+            "1" if retry else "0",
+            self.max_events,
+            self.retention,
+            type,
+            json.dumps(data),
+            *_pairs(changes),
+        ]
+        return bool(int(await self._reap(keys=keys, args=args)))
+
+    async def requeued(self) -> Ids:
+        return [raw.decode() for raw in await self.redis.zrange(self.requeue_key, 0, 99)]
+
+    async def requeued_done(self, job_id: str) -> None:
+        await self.redis.zrem(self.requeue_key, job_id)
+
+    async def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]:
+        key = self.events_key(job_id)
+        queue: asyncio.Queue[tuple[str, JobEvent] | None] = asyncio.Queue(maxsize=10_000)
+        await self._attach(key, queue)  # before the replay: nothing falls in between
+        self._subscribers += 1
+        try:
+            last = _stream_id(after) if after else "0-0"
+            while True:  # replay, in pages
+                page = await self.redis.xrange(key, min=f"({last}", count=_PAGE)
+                for entry_id, fields in page:
+                    last, event = _event(entry_id, fields)
+                    yield event
+                    if event.final:
+                        return
+                if len(page) < _PAGE:
+                    break
+            while True:  # live, skipping what the replay already gave
+                item = await queue.get()
+                if item is None:
+                    raise RuntimeError("subscriber fell behind; reconnect to resume")
+                position, event = item
+                if _id_key(position) <= _id_key(last):
+                    continue
+                last = position
+                yield event
+                if event.final:
+                    return
+        finally:
+            self._subscribers -= 1
+            self._detach(key, queue)
+
+    async def _attach(self, key: str, queue: asyncio.Queue[tuple[str, JobEvent] | None]) -> None:
+        # Serialised: two first subscribers of one job must not both create its queue set
+        # (the second would drop the first's queue, which then never hears a live event).
+        async with self._attaching:
+            if key not in self._queues:
+                newest = await self.redis.xrevrange(key, count=1)
+                self._positions[key] = newest[0][0].decode() if newest else "0-0"
+                self._queues[key] = set()
+            self._queues[key].add(queue)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._wake.set()
+
+    def _detach(self, key: str, queue: asyncio.Queue[tuple[str, JobEvent] | None]) -> None:
+        queues = self._queues.get(key)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._queues[key]
+                self._positions.pop(key, None)
+
+    async def _read(self) -> None:
+        """The one reader of this process: every followed stream in one blocking XREAD."""
+        failing = False
+        while not self._closing:
+            if not self._queues:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            streams = dict(self._positions)
+            try:
+                # A short block, so streams followed since are picked up quickly.
+                replies = await self.redis.xread(streams, block=250, count=1000)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not failing:  # once per outage, not twice a second
+                    log.warning("event reader failed; retrying", exc_info=True)
+                failing = True
+                await asyncio.sleep(0.5)
+                continue
+            if failing:
+                log.info("event reader reading again")
+                failing = False
+            for raw_key, entries in replies or ():
+                key = raw_key.decode()
+                queues = self._queues.get(key)
+                for entry_id, fields in entries:
+                    position, event = _event(entry_id, fields)
+                    if key in self._positions:
+                        self._positions[key] = position
+                    for queue in list(queues or ()):
+                        try:
+                            queue.put_nowait((position, event))
+                        except asyncio.QueueFull:  # a stuck subscriber: let it resume later
+                            with contextlib.suppress(asyncio.QueueFull):
+                                queue.get_nowait()
+                                queue.put_nowait(None)
+
+    async def close(self) -> None:
+        # A flag as well as the cancel: redis-py can swallow a cancel that lands as its
+        # read ends, and the reader would then wait for subscribers forever.
+        self._closing = True
+        self._wake.set()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
