@@ -28,7 +28,7 @@ SEED_LINES = (
     "[ERROR] Something failed\n",
     "[INFO] Recovery successful\n",
 )
-_POSITION = re.compile(r"^(\d{1,20}):(\d{1,20})$")
+_POSITION = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")  # ASCII: \d matches any script's digits
 
 
 class LogTailService:

@@ -28,7 +28,7 @@ log = logging.getLogger("progress.store")
 Ids = list[str]  # (the store's own ``list`` method shadows the builtin in its class)
 Args = list[str | int | float]
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")  # ASCII: \d matches any script's digits
 _PAGE = 500
 
 

@@ -32,7 +32,7 @@ from progress.model import Job, JobEvent
 Renewal = Literal["held", "cancel", "lost"]
 """A lease renewal's answer: renewed; renewed and a cancel was asked; no longer held."""
 
-_SEQUENCE = re.compile(r"^\d{1,18}$")
+_SEQUENCE = re.compile(r"^[0-9]{1,18}$")  # ASCII: \d matches any script's digits
 
 
 class Fenced(Exception):

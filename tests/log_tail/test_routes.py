@@ -119,12 +119,16 @@ async def test_grep_is_re2_and_bad_patterns_are_400(tmp_path: Path) -> None:
         long = await asgi.request(app, "/logs/app?grep=" + "a" * 300, headers=AUTH)
         lines = await asgi.request(app, "/logs/app?lines=5000", headers=AUTH)
         bad_id = await asgi.request(app, "/logs/app?after=../../etc", headers=AUTH)
+        # \d and int() take every script's digits: an Arabic-Indic position is no position
+        arabic = await asgi.request(app, "/logs/app?after=%D9%A3:%D9%A3", headers=AUTH)
     assert grep.text == "21 error\n24 error\n27 error\n"
     for result in (bad, backref, long):
         assert result.status == 400
         assert json.loads(result.body)["error"]["type"] == "invalid_grep"
     assert lines.status == 400
     assert bad_id.status == 400
+    assert arabic.status == 400
+    assert json.loads(arabic.body)["error"]["type"] == "invalid_event_id"
 
 
 async def test_follow_resume_and_gap_after_rotation(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -148,14 +149,21 @@ async def test_bad_kinds_and_params_are_422_naming_the_field(
     assert field in [d["field"] for d in body["error"]["details"]]
 
 
-async def test_bad_last_event_id_is_400() -> None:
+@pytest.mark.parametrize(
+    "event_id",
+    ["1-0; drop table", "\u0663", "1\u0663", "\uff11", "-1", "1" * 19],  # \u0663: Arabic-Indic 3
+)
+async def test_bad_last_event_id_is_400(event_id: str) -> None:
+    # Python's \d and int() take every script's digits: "?after=\u0663" was read as after=3.
     async with asgi.lifespan(app_with()) as app:
         job = json.loads((await submit(app, "simulate", {"steps": 1, "delay": 0})).body)
-        result = await asgi.request(
-            app, job["events_url"], headers=[*A, ("last-event-id", "1-0; drop table")]
+        header = await asgi.request(
+            app, job["events_url"], headers=[*A, ("last-event-id", event_id)]
         )
-    assert result.status == 400
-    assert json.loads(result.body)["error"]["type"] == "invalid_event_id"
+        query = await asgi.request(app, job["events_url"] + "?after=" + quote(event_id), headers=A)
+    for result in (header, query):
+        assert result.status == 400, event_id
+        assert json.loads(result.body)["error"]["type"] == "invalid_event_id"
 
 
 async def test_checksum_of_generated_data_and_of_an_allow_listed_file(tmp_path: Path) -> None:
