@@ -16,9 +16,11 @@ proxies or compression (``Accept-Encoding: identity`` is sent; an answer with an
 
 Hostile answers are bounded: the bytes before the end of the final response's head
 (status lines, 1xx answers, headers) are counted as they arrive, not when a header ends;
-a body is read with a limit; bytes nobody asked for (a late second answer on an idle
-pooled connection, bytes after a response's end) close the connection, so that no
-caller ever takes another's answer.
+so are a body's bytes that are not body (chunk framing, and a chunked body's trailers:
+httptools holds a trailer's value whole until it ends, as a header's), and trailers are
+read past, never taken as headers; a body is read with a limit; bytes nobody asked for
+(a late second answer on an idle pooled connection, bytes after a response's end) close
+the connection, so that no caller ever takes another's answer.
 
 Resending: a request is sent again on a new connection only when the server provably
 never read it: the pooled connection was found closed, or with bytes waiting, before a
@@ -82,6 +84,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: dict[str, str] = {}
         self.head_bytes = 0  # bytes fed before the final response's headers ended
+        self.framing = 0  # bytes fed since the last that held body bytes (trailers, ...)
         self.body: list[bytes] = []
         self.buffered = 0
         self.paused = False
@@ -107,7 +110,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             if self.headers_done:
-                self.parser.feed_data(data)
+                self._feed_body(data)
             else:
                 self._feed_head(data)
         except httptools.HttpParserError as exc:
@@ -131,7 +134,23 @@ class _Connection(asyncio.Protocol):
             raise httptools.HttpParserError(
                 f"the response head exceeds {MAX_HEADER_BYTES} bytes (1xx answers included)"
             )
-        self.parser.feed_data(data[room:])
+        self._feed_body(data[room:])
+
+    def _feed_body(self, data: bytes) -> None:
+        """Feed body bytes, never more than MAX_HEADER_BYTES in a row that hold no body: a
+        chunked body's trailers (after its last, empty, chunk) are parsed like headers, so
+        a trailer that never ends would grow without bound (and quadratically: httptools
+        joins each piece of a value to what it holds)."""
+        before = self.buffered  # (take() runs between feeds: this feed's body is the rise)
+        self.parser.feed_data(data)
+        body = self.buffered - before
+        # Past a feed that held body, what followed its last body byte is at most the rest.
+        self.framing = len(data) - body if body else self.framing + len(data)
+        if self.framing > MAX_HEADER_BYTES and not self.complete:
+            raise httptools.HttpParserError(
+                f"{self.framing} bytes of the body without a body byte"
+                f" (chunk framing or trailers; at most {MAX_HEADER_BYTES})"
+            )
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost says what it meant
@@ -172,6 +191,8 @@ class _Connection(asyncio.Protocol):
             self._refuse("data after the end of the response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:  # a chunked body's trailer: not a header of the response
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self.headers.get(key)

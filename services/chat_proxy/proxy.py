@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,6 +37,7 @@ from chat_proxy.upstream import (
     make_upstream,
     read_to_end,
 )
+from chat_proxy.usage import BadUsage, usage_counts
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.limits import caller_key
@@ -391,7 +392,7 @@ class Relay:
             chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
             and chunk.startswith(b'data: {"')
-            and not splitter.pending
+            and splitter.idle
             and b'"usage":{' not in chunk
             and not chunk.startswith(b'data: {"error"')
         ):
@@ -419,8 +420,9 @@ class Relay:
             if _TEXT_DELTA.search(payload) is not None:
                 self._token()
             if b'"usage":{' in payload:
-                with suppress(ValueError, RecursionError, AttributeError):
-                    self.usage = json.loads(payload).get("usage") or self.usage
+                message = _json_object(payload)
+                if message is not None and message.get("usage"):
+                    self.usage = message["usage"]  # (checked when it is counted: finish)
                 if not self.client_wants_usage and b'"choices":[]' in payload:
                     continue  # usage was asked for by the proxy, not the client
             out.append(frame)
@@ -428,7 +430,10 @@ class Relay:
 
     def finish(self, reason: EndReason) -> None:
         self._itl.flush()
-        usage = self.usage or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or self.completion)
-        self.proxy.account(self.request, self.model, prompt, completion)
+        try:
+            prompt, completion = usage_counts(self.usage)
+        except BadUsage as exc:
+            # The tokens went out: what the proxy counted itself is charged.
+            log.warning("the model server's usage is not token counts: %s", exc)
+            prompt, completion = 0, 0
+        self.proxy.account(self.request, self.model, prompt, completion or self.completion)

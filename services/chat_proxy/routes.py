@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from chat_proxy.leaving import until_disconnect
 from chat_proxy.proxy import ChatProxy, Relay
 from chat_proxy.schema import validate
-from chat_proxy.upstream import UpstreamError, first_chunk
-from sluice.body import parse_json_object
+from chat_proxy.upstream import UpstreamError, UpstreamResponse, first_chunk
+from chat_proxy.usage import BadUsage, usage_counts
+from sluice.body import BodyError, parse_json, parse_json_object, read_body
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.limits import caller_key
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, StreamTicket, open_stream
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        "invalid_request_error",
-        f"the request body exceeds {limit} bytes",
-        fields={"param": None, "code": "body_too_large"},
-    )
 
 
 def _already_answered() -> Response:
@@ -53,6 +32,17 @@ def _already_answered() -> Response:
     hint has no id) is reconnected without the header and gets its answer.
     """
     return Response(status_code=204, headers={"cache-control": "no-store"})
+
+
+def _client_left() -> ApiError:
+    """The answer (to nobody, but for the access log) when the client left before the
+    first token: nginx's 499, "client closed request"."""
+    return ApiError(
+        499,
+        "client_closed_request",
+        "the client left before the first token",
+        fields={"param": None, "code": "client_closed_request"},
+    )
 
 
 def build_router(runtime: Runtime) -> APIRouter:
@@ -116,17 +106,24 @@ def build_router(runtime: Runtime) -> APIRouter:
             raise proxy.failure(exc) from None
         finally:
             await response.close()
-        try:
-            usage = json.loads(raw).get("usage") or {}
-        except (ValueError, AttributeError):
-            usage = {}
-        proxy.account(
-            request,
-            model,
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
+        prompt, completion = _answer_usage(raw)
+        proxy.account(request, model, prompt, completion)
         return Response(raw, media_type="application/json")
+
+    def _answer_usage(raw: bytes) -> tuple[int, int]:
+        """A non-streamed answer's token counts; a 502 ``upstream_protocol`` when it is not
+        a JSON object (plain JSON, finite numbers, not too deep) with a well-formed usage:
+        its cost unknown, it is not passed on."""
+        try:
+            answer = parse_json(raw)
+            if not isinstance(answer, dict):
+                raise BadUsage(f"the answer is a JSON {type(answer).__name__}, not an object")
+            return usage_counts(answer.get("usage"))
+        except BodyError as exc:
+            problem = exc.message.replace("the body", "the answer")
+        except BadUsage as exc:
+            problem = str(exc)
+        raise proxy.failure(UpstreamError("protocol", f"malformed answer: {problem}"))
 
     async def _relay(
         ticket: StreamTicket,
@@ -138,20 +135,16 @@ def build_router(runtime: Runtime) -> APIRouter:
     ) -> StreamResponse:
         # Our headers go out with the first upstream byte: until then a failure is a
         # plain JSON error (502/504/4xx) that every client, the SDK included, understands.
+        # A client that leaves before it (a long prefill) cancels the upstream request.
         try:
-            response = await proxy.send(payload, stream=True)
-            chunks = response.chunks()
-            try:
-                first = await first_chunk(chunks)
-            except UpstreamError as exc:
-                await response.close()
-                raise proxy.failure(exc) from None
-            if first is None:
-                await response.close()
-                raise proxy.failure(UpstreamError("reset", "empty body"))
+            started = await until_disconnect(ticket.request.receive, _start(payload))
         except BaseException:
             ticket.release()
             raise
+        if started is None:  # (the upstream request is cancelled, its connection closed)
+            ticket.release()
+            raise _client_left()
+        response, chunks, first = started
         events: AsyncIterator[Event | bytes] = (
             relay.passthrough(first, chunks, response)
             if passthrough
@@ -159,5 +152,22 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
         # An answer cannot be resumed elsewhere: on drain it may finish within the window.
         return ticket.response(events, fmt, on_end=[relay.finish], drain="finish")
+
+    async def _start(
+        payload: dict[str, Any],
+    ) -> tuple[UpstreamResponse, AsyncIterator[bytes], bytes]:
+        """The upstream stream, opened up to its first chunk that says something."""
+        response = await proxy.send(payload, stream=True)
+        chunks = response.chunks()
+        try:
+            first = await first_chunk(chunks)
+            if first is None:
+                raise UpstreamError("reset", "empty body")
+        except BaseException as exc:  # (cancelled too: the client left)
+            await response.close()
+            if isinstance(exc, UpstreamError):
+                raise proxy.failure(exc) from None
+            raise
+        return response, chunks, first
 
     return router

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, FilePath, SecretStr, field_validator
 
-from sluice.settings import CoreSettings
+from sluice.settings import CoreSettings, rate_limit_string
 
 
 class ChatSettings(CoreSettings):
@@ -38,3 +40,22 @@ class ChatSettings(CoreSettings):
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # SLUICE_UPSTREAM_CA_BUNDLE= (compose's default)
+
+    # Checked as settings, not only when the app is built, so make run names a bad value
+    # before anything starts.
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL (http://host:port/v1)")
+        try:
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError(f"{value!r} has no valid port") from None
+        return value
+
+    @field_validator("chat_token_limit")
+    @classmethod
+    def _a_limit(cls, value: str) -> str:
+        return rate_limit_string(value)

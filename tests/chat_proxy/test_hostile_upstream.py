@@ -116,6 +116,17 @@ async def endless_header(peer: Peer) -> None:
     await peer.send_repeated(b"a" * BLOCK, 200 * MB)
 
 
+async def endless_trailer(peer: Peer) -> None:
+    # A whole chunked body, its last (empty) chunk, then a trailer that never ends.
+    if peer.request.stream:
+        body = delta_event("one")
+    else:
+        body = json.dumps({"choices": [{"message": {"content": "x"}}]}).encode()
+    json_or_sse = CHUNKED if peer.request.stream else [("transfer-encoding", "chunked")]
+    await peer.send(head(200, json_or_sse) + chunk(body) + b"0\r\nx-trailer: ")
+    await peer.send_repeated(b"a" * BLOCK, 400 * MB)
+
+
 async def sse_without_blank_line(peer: Peer) -> None:
     await peer.send(head(200, SSE) + delta_event("first"))  # read to close
     await peer.send_repeated(b'data: {"choices":[]}\n' * 3000, 100 * MB)
@@ -213,6 +224,11 @@ CASES = {
     "1xx storm": Case(informational_storm, True, 502, "upstream_protocol"),
     "slow headers": Case(slow_headers, True, 504, "upstream_timeout"),
     "a header that never ends": Case(endless_header, True, 502, "upstream_protocol", 2.0),
+    # Was 7 s of CPU, ~200 MB, then a 504 (non-streamed); 67 MB within 1 s (streamed).
+    "a trailer that never ends": Case(endless_trailer, False, 502, "upstream_protocol", 1.0),
+    "a trailer that never ends, streamed": Case(
+        endless_trailer, True, 200, "upstream_protocol", 1.0
+    ),
     "100 MB of SSE without a blank line": Case(
         sse_without_blank_line, True, 200, "upstream_too_large"
     ),
@@ -409,3 +425,147 @@ async def test_chat_stream_bounds_an_upstream_event_too(fmt: str) -> None:
         assert peak < PEAK_BOUND, f"{peak / MB:.1f} MB at peak"
         after = await asgi.request(app, "/chat-stream?prompt=hi", headers=[("x-request-id", "n")])
         assert after.text.startswith(answer_text("n"))
+
+
+def sse_answer(rid: str, eol: bytes, split: bool) -> Attack:
+    """An honest streamed answer whose lines end in ``eol``; with ``split``, each chunk
+    ends one byte into its event's blank line (a CRLF cut between its CR and its LF)."""
+
+    async def attack(peer: Peer) -> None:
+        events = [delta_event(answer_text(rid)), b"data: [DONE]\n\n"]
+        body = b"".join(e.replace(b"\n", eol) for e in events)
+        cut = body.index(eol + eol) + len(eol) + 1
+        pieces = [body[:cut], body[cut:]] if split else [body]
+        await peer.send(head(200, CHUNKED) + b"".join(chunk(p) for p in pieces) + b"0\r\n\r\n")
+        peer.serve_on = True
+
+    return attack
+
+
+@pytest.mark.parametrize(("eol", "split"), [(b"\r", False), (b"\r", True), (b"\r\n", True)])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat-stream"])
+async def test_regression_an_upstream_that_ends_its_lines_in_cr_was_not_understood(
+    path: str, eol: bytes, split: bool
+) -> None:
+    # SSE lines may end in CRLF, LF or a bare CR: a bare-CR upstream got "closed the
+    # stream before [DONE]" (or upstream_too_large past 1 MB).
+    async with proxy_against_hostile() as (app, upstream):
+        upstream.arm(sse_answer("cr", eol, split))
+        if path == "/chat-stream":
+            result = await asgi.request(app, "/chat-stream?prompt=hi", timeout=5)
+            assert result.status == 200 and result.text == answer_text("cr") + "\n"
+        else:
+            result = await complete(app, "cr", True, timeout=5)
+            assert own_answer(result, "cr", True) == answer_text("cr")
+            assert "\r" not in result.text  # line ends come out as LF
+        # The plain LF answer beside it, on the same connection.
+        assert own_answer(await complete(app, "lf", True), "lf", True) == answer_text("lf")
+
+
+def json_answer(body: bytes) -> Attack:
+    async def attack(peer: Peer) -> None:
+        await peer.send(head(200, [("content-type", "application/json")], len(body)) + body)
+        peer.serve_on = True  # well framed: the connection may be reused
+
+    return attack
+
+
+MESSAGE = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
+
+
+def answer_with(**members: Any) -> bytes:
+    return json.dumps({**MESSAGE, **members}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (answer_with(usage=[1]), "usage is a list"),
+        (answer_with(usage={"prompt_tokens": "abc"}), "prompt_tokens is a str"),
+        (answer_with(usage={"completion_tokens": 2.5}), "completion_tokens is a float"),
+        (answer_with(usage={"prompt_tokens": True}), "prompt_tokens is a bool"),
+        (answer_with(usage={"prompt_tokens": -5}), "not in 0.."),
+        (answer_with(usage={"prompt_tokens": 2**63}), "not in 0.."),
+        (b'{"usage": {"prompt_tokens": 1e400}}', "finite"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (b'["not an object"]', "not an object"),
+        (b'{"choices": [', "not valid JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
+)
+async def test_regression_a_malformed_non_streamed_answer_was_a_500(
+    body: bytes, problem: str
+) -> None:
+    # json.loads' RecursionError, usage.get on a list, int("abc"), int(1e400): all 500s.
+    async with proxy_against_hostile() as (app, upstream):
+        upstream.arm(json_answer(body))
+        result = await complete(app, "bad", False)
+        assert result.status == 502, result.text[:300]
+        error = error_of(result)
+        assert error["code"] == "upstream_protocol" and problem in error["message"]
+        assert own_answer(await complete(app, "next", False), "next", False) == "answer for next"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        answer_with(usage={"prompt_tokens": 2, "completion_tokens": 3}),
+        answer_with(usage=None),  # no usage (or null counts): nothing charged, no error
+        answer_with(usage={"prompt_tokens": None}),
+        answer_with(),
+    ],
+)
+async def test_well_formed_non_streamed_answers_pass_as_they_are(body: bytes) -> None:
+    async with proxy_against_hostile() as (app, upstream):
+        upstream.arm(json_answer(body))
+        result = await complete(app, "good", False)
+        assert result.status == 200 and result.body == body
+
+
+def stream_with_usage(usage: bytes) -> Attack:
+    async def attack(peer: Peer) -> None:
+        last = b'data: {"id":"c","choices":[],"usage":' + usage + b"}\n\n"
+        events = [delta_event("one"), last, b"data: [DONE]\n\n"]
+        await peer.send(head(200, CHUNKED) + b"".join(chunk(e) for e in events) + b"0\r\n\r\n")
+        peer.serve_on = True
+
+    return attack
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        b'{"prompt_tokens":"abc"}',
+        b'{"prompt_tokens":1,"completion_tokens":1e400}',
+        b'{"prompt_tokens":-5,"completion_tokens":1}',
+        b'{"completion_tokens":true}',
+        b'{"prompt_tokens":[1]}',
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat-stream"])
+async def test_regression_a_streams_malformed_usage_bypassed_the_token_budget(
+    path: str, usage: bytes
+) -> None:
+    # The usage came after the tokens went out; int() raised inside the end callback, was
+    # logged and swallowed: nothing was charged. Now the tokens the proxy counted are.
+    async with proxy_against_hostile(chat_token_limit="1/hour") as (app, upstream):
+        upstream.arm(stream_with_usage(usage))
+        if path == "/chat-stream":
+            first = await asgi.request(app, "/chat-stream?prompt=hi", timeout=5)
+            assert first.text == "one\n"
+            refused = await asgi.request(app, "/chat-stream?prompt=hi", timeout=5)
+        else:
+            first = await complete(app, "bad-usage", True)
+            assert own_answer(first, "bad-usage", True) == "one"
+            refused = await complete(app, "over", True)
+        assert refused.status == 429, refused.text[:300]  # the one counted token was charged
+        assert error_of(refused)["code"] == "tokens_exceeded"
+
+
+async def test_a_streams_well_formed_usage_is_what_is_charged() -> None:
+    async with proxy_against_hostile(chat_token_limit="3/hour") as (app, upstream):
+        upstream.arm(stream_with_usage(b'{"prompt_tokens":1,"completion_tokens":1}'))
+        assert own_answer(await complete(app, "a", True), "a", True) == "one"  # 2 of 3
+        upstream.arm(stream_with_usage(b'{"prompt_tokens":0,"completion_tokens":1}'))
+        assert own_answer(await complete(app, "b", True), "b", True) == "one"  # 3 of 3
+        assert (await complete(app, "c", True)).status == 429

@@ -599,3 +599,70 @@ async def test_bytes_before_any_request_close_a_new_connection() -> None:
         assert await response.read() == b"yours"
         response.close()
         await pool.aclose()
+
+
+async def test_regression_a_chunked_bodys_trailers_were_unbounded() -> None:
+    # After the last (empty) chunk come trailers, parsed like headers: httptools held a
+    # trailer's value whole (joining each piece to it: quadratic), unbounded.
+    state: Server
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbody\r\n"
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        writer.write(chunked + b"0\r\nx-trailer: ")
+        for _ in range(400):  # 25 MB at most; the client gives up long before
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with serve(endless) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/", {}, None)
+        started = time.process_time()
+        with pytest.raises(Http1Error, match="trailers") as failed:
+            await asyncio.wait_for(response.read(), 5)
+        assert failed.value.kind == "protocol"
+        assert time.process_time() - started < 1.0
+        response.close()
+        assert not pool._idle
+        await pool.aclose()
+
+    # The happy case beside it: short trailers are read past, and are not headers (a
+    # trailer must not change the framing or anything else the response said).
+    async def trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader, state)
+            writer.write(chunked + b"0\r\nx-checksum: abc\r\ncontent-type: text/html\r\n\r\n")
+            await writer.drain()
+
+    async with serve(trailers) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        for _ in range(2):
+            response = await pool.request("GET", "/", {}, None)
+            assert await response.read() == b"body"
+            assert "x-checksum" not in response.headers
+            assert "content-type" not in response.headers
+            response.close()
+        assert len(pool._idle) == 1  # read to its end: kept, and reused
+        await pool.aclose()
+    assert state.connections == 1
+
+
+async def test_chunk_framing_without_a_body_byte_is_bounded() -> None:
+    # A chunk-size line whose extension never ends holds no body byte either.
+    state: Server
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, state)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;ext=")
+        for _ in range(400):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with serve(handler) as state:
+        pool = Http1Pool(f"http://127.0.0.1:{state.port}", 2.0, 4)
+        response = await pool.request("GET", "/", {}, None)
+        with pytest.raises(Http1Error) as failed:
+            await asyncio.wait_for(response.read(), 5)
+        assert failed.value.kind == "protocol"
+        response.close()
+        await pool.aclose()

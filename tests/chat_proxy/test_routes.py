@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -427,3 +428,55 @@ async def test_a_drained_event_source_still_gets_its_answer(mock_upstream: Proc)
     assert "id" not in sse_frames(hinted.text)[0]
     assert answered.status == 200
     assert sse_frames(answered.text)[-1]["event"] == "done"
+
+
+async def ended_upstream(mock: Proc, request_id: str) -> dict[str, Any]:
+    """The mock upstream's record of a request, once it has ended (2 s at most)."""
+    deadline = time.monotonic() + 2
+    while True:
+        seen = await seen_by(mock, request_id)
+        if seen.get("end") is not None or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/chat-stream"])
+async def test_regression_a_client_that_left_before_the_first_token_held_the_upstream(
+    mock_upstream: Proc, route: str
+) -> None:
+    # Nothing listened for the client before the first upstream byte: the upstream request
+    # (and the cap slot) were held until the first token came, up to the read timeout.
+    model = "mock-fault:first_token_delay=3"
+    rid = f"left-{route.strip('/').replace('/', '-')}-{time.time_ns()}"
+    async with asgi.lifespan(create_app(settings(mock_upstream, upstream_read_timeout=10))) as app:
+        started = time.time()
+        if route == "/chat-stream":
+            target = f"/chat-stream?prompt=hi&model={model}"
+            headers = [("x-request-id", rid)]
+            result = await asgi.request(app, target, headers=headers, leave_at=0.3, timeout=5)
+        else:
+            result = await post(app, body(model=model), rid, leave_at=0.3, timeout=5)
+        returned = time.time()
+        assert app.state.runtime.caps.local_total == 0  # the slot went back
+    left = started + 0.3
+    assert returned - left < 0.1, returned - left
+    assert result.status == 499  # (to nobody: for the access log)
+    seen = await ended_upstream(mock_upstream, rid)
+    assert seen["end"] == "client_disconnect", seen
+    assert seen["ended_at"] - left < 0.1, seen["ended_at"] - left
+    assert seen["tokens_sent"] == 0
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/chat-stream"])
+async def test_a_client_that_waits_out_a_long_first_token_gets_its_answer(
+    mock_upstream: Proc, route: str
+) -> None:
+    model = "mock-fault:first_token_delay=0.5,tokens=3"
+    async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
+        if route == "/chat-stream":
+            result = await asgi.request(app, f"/chat-stream?prompt=hi&model={model}")
+            assert result.status == 200 and result.text == mock_text(3) + "\n"
+        else:
+            result = await post(app, body(model=model))
+            assert result.status == 200 and data_lines(result.text)[-1] == "[DONE]"
+        assert app.state.runtime.caps.local_total == 0

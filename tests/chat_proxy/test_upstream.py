@@ -138,6 +138,11 @@ async def test_regression_cookies_an_upstream_set_went_out_with_the_next_callers
         ([b": ping\r\n\r\n", b"\r\n"], [False, False]),
         ([b": ping\n\ndata: 1\n\n"], [True]),  # a comment, then an event, in one chunk
         ([b"\n", b"retry: 5\n\n"], [False, True]),  # a retry field is the upstream speaking
+        # Bare CR line ends (SSE allows them), and a CRLF cut between its CR and its LF.
+        ([b": ping\r\r", b": ping\r\r", b"data: 1\r\r"], [False, False, True]),
+        ([b": ping\r", b"\r", b"data: 1\r\r"], [False, False, True]),
+        ([b": ping\r", b"\n\r", b"\n: pong\r\n"], [False, False, False]),
+        ([b": ping\rdata: 1\r\r"], [True]),  # was: one comment line, "said nothing"
         ([b""], [False]),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 import subprocess
 import threading
@@ -122,6 +123,7 @@ def test_hostile_names_through_nginx_read_nothing(tail_stack: TailStack, name: s
     body, _, code = out.stdout.decode(errors="replace").rpartition("\n")
     assert code in ("400", "404", "422"), (name, code, body)
     assert "root:" not in body
+    assert json.loads(body)["error"]["type"], body  # JSON, nginx's own refusals too
 
 
 def test_list_through_nginx(tail_stack: TailStack) -> None:

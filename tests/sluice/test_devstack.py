@@ -104,6 +104,8 @@ def test_rules_across_settings_and_unparsable_values_are_reported(tmp_path: Path
     [
         ("SLUICE_RATE_LIMIT", "lots", "is not a rate limit"),
         ("SLUICE_LOG_TAIL_FILES", "oops", "is not name=path"),
+        ("SLUICE_CHAT_TOKEN_LIMIT", "many", "is not a rate limit"),
+        ("SLUICE_UPSTREAM_BASE_URL", "ftp://x", "is not an http(s) URL"),
     ],
 )
 def test_regression_settings_parsed_only_at_app_start_passed_the_preflight(

@@ -44,9 +44,11 @@ async def request(
     headers: Sequence[tuple[str, str]] = (),
     body: bytes = b"",
     leave_after: int | None = None,
+    leave_at: float | None = None,
     timeout: float = 10.0,
 ) -> Result:
-    """Send one request; with ``leave_after=n`` the client disconnects after n body chunks."""
+    """Send one request; with ``leave_after=n`` the client disconnects after n body chunks,
+    with ``leave_at=s`` after s seconds (whatever it got by then)."""
     url = urlsplit(target)
     scope = {
         "type": "http",
@@ -67,6 +69,8 @@ async def request(
     sent_body = False
     result = Result()
     started = time.perf_counter()
+    if leave_at is not None:
+        asyncio.get_running_loop().call_later(leave_at, gone.set)
 
     async def receive() -> Message:
         nonlocal sent_body

@@ -194,6 +194,10 @@ async def hostile_upstream() -> AsyncIterator[HostileUpstream]:
                     await peer.honest()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Cancelled by the server's end (below): ended, not failed. (asyncio's stream
+            # callback asks a cancelled handler for its exception, and logs the answer.)
+            pass
         finally:
             handlers.discard(task)  # type: ignore[arg-type]
             writer.close()
