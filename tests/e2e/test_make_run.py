@@ -185,7 +185,9 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         assert '"time":' in text, text  # it was streaming (update, alert or info events)
         assert "event: reconnect" in text, text
         assert "<cut" not in text, text
-    assert took < DEMO_DRAIN_WINDOW + 8, took
+    # Everything stopped by itself, before honcho's SIGKILL (the longest graceful timeout,
+    # demo's window + 5 s, plus 5 s): on a loaded 2-core machine a drain's tail takes time.
+    assert took < (DEMO_DRAIN_WINDOW + 5) + 5, took
     assert code is not None
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
