@@ -61,7 +61,11 @@ class Refused(Exception):
         self.detail = detail
 
 
-def parse_files(spec: str, spec_file: Path | None) -> dict[str, Path]:
+def parse_files(spec: str, spec_file: Path | None, own_log: Path | None = None) -> dict[str, Path]:
+    """The allow-list from ``SLUICE_LOG_TAIL_FILES`` and its file. ``own_log`` is log-tail's
+    own ``SLUICE_LOG_FILE``: following it would feed itself (each change it reads wakes the
+    watcher, which logs, into that file), so it is refused, by path and, where both exist,
+    by identity (a hard link, another path to it)."""
     items = [i for i in spec.split(",") if i.strip()]
     if spec_file is not None:
         try:
@@ -85,8 +89,23 @@ def parse_files(spec: str, spec_file: Path | None) -> dict[str, Path]:
         resolved = path.resolve()  # the operator's symlinks, now, once; none after this
         if resolved == Path(resolved.anchor):
             raise ConfigError(f"log file {name}: {raw.strip()!r} is not a file path")
+        if own_log is not None and _same_file(resolved, own_log):
+            raise ConfigError(
+                f"log file {name}: {raw.strip()!r} is log-tail's own SLUICE_LOG_FILE; "
+                "following it would feed itself"
+            )
         files[name] = resolved
     return files
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    if path == other.resolve():
+        return True
+    try:
+        mine, theirs = path.stat(), other.stat()
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def open_folder(path: Path) -> int | None:

@@ -36,7 +36,9 @@ class LogTailService:
         settings = runtime.settings
         assert isinstance(settings, LogTailSettings)
         self.settings = settings
-        self.files = parse_files(settings.log_tail_files, settings.log_tail_files_file)
+        self.files = parse_files(
+            settings.log_tail_files, settings.log_tail_files_file, own_log=settings.log_file
+        )
         self.tailers = {
             name: Tailer(
                 name,

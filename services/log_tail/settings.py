@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from log_tail.files import parse_files
 from sluice.settings import CoreSettings
@@ -40,3 +40,8 @@ class LogTailSettings(CoreSettings):
         if value is not None:
             parse_files("", value)
         return value
+
+    @model_validator(mode="after")
+    def _not_its_own_log(self) -> LogTailSettings:
+        parse_files(self.log_tail_files, self.log_tail_files_file, own_log=self.log_file)
+        return self
