@@ -37,6 +37,9 @@ def _after_fork() -> None:
 
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every process that writes metrics needs the folder, not only gunicorn's (whose
+    # on_starting wipes it): the job worker, a one-off `python -m`, a fresh container.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     # Every multiprocess write asks for the pid, to notice a fork: a getpid() system call
     # per counter increment. The pid is kept here instead and refreshed in a forked child.
     # Set before any metric has a value (values are made per label set, at first use).

@@ -14,7 +14,10 @@ WORKER = "progress-worker"
 def command(environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     name = environ.get("SLUICE_SERVICE", "")
     if name == WORKER:
-        return [sys.executable, "-m", "progress.worker"], {"SLUICE_SERVICE_NAME": "progress"}
+        # Like SLUICE_BIND below: in a container /metrics must answer Prometheus's container.
+        host = environ.get("SLUICE_PROGRESS_WORKER_METRICS_HOST", "0.0.0.0")
+        env = {"SLUICE_SERVICE_NAME": "progress", "SLUICE_PROGRESS_WORKER_METRICS_HOST": host}
+        return [sys.executable, "-m", "progress.worker"], env
     service = SERVICES.get(name)
     if service is None:
         known = ", ".join([*SERVICES, WORKER])
