@@ -50,6 +50,7 @@ log = logging.getLogger("chat_proxy")
 
 # A delta with text: a JSON string value that is not empty ("content":null is no token).
 _TEXT_DELTA = re.compile(rb'"content":\s*"[^"]')
+_USAGE = re.compile(rb'"usage":\s*\{')  # json.dumps' default separators have a space
 # An error answer's body is read only for its message: this much of it, at most.
 ERROR_BODY_BYTES = 64 * 1024
 
@@ -393,7 +394,7 @@ class Relay:
             and chunk.endswith(b"\n\n")
             and chunk.startswith(b'data: {"')
             and splitter.idle
-            and b'"usage":{' not in chunk
+            and b'"usage"' not in chunk  # usage (any spacing) is looked into below
             and not chunk.startswith(b'data: {"error"')
         ):
             if _TEXT_DELTA.search(chunk) is not None:
@@ -419,7 +420,7 @@ class Relay:
                 break
             if _TEXT_DELTA.search(payload) is not None:
                 self._token()
-            if b'"usage":{' in payload:
+            if _USAGE.search(payload) is not None:
                 message = _json_object(payload)
                 if message is not None and message.get("usage"):
                     self.usage = message["usage"]  # (checked when it is counted: finish)

@@ -99,16 +99,23 @@ def build_router(runtime: Runtime) -> APIRouter:
         return await _relay(ticket, payload, relay, fmt, passthrough=False)
 
     async def _complete(request: Request, payload: dict[str, Any], model: str) -> Response:
+        # Raced against the client leaving, as a stream's start is: the upstream request is
+        # cancelled at once, not run to its end for nobody.
+        raw = await until_disconnect(request.receive, _answer(payload))
+        if raw is None:
+            raise _client_left()
+        prompt, completion = _answer_usage(raw)
+        proxy.account(request, model, prompt, completion)
+        return Response(raw, media_type="application/json")
+
+    async def _answer(payload: dict[str, Any]) -> bytes:
         response = await proxy.send(payload, stream=False)
         try:
-            raw = await response.read()
+            return await response.read()
         except UpstreamError as exc:
             raise proxy.failure(exc) from None
         finally:
             await response.close()
-        prompt, completion = _answer_usage(raw)
-        proxy.account(request, model, prompt, completion)
-        return Response(raw, media_type="application/json")
 
     def _answer_usage(raw: bytes) -> tuple[int, int]:
         """A non-streamed answer's token counts; a 502 ``upstream_protocol`` when it is not

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -28,7 +27,6 @@ log = logging.getLogger("progress.store")
 Ids = list[str]  # (the store's own ``list`` method shadows the builtin in its class)
 Args = list[str | int | float]
 
-_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")  # ASCII: \d matches any script's digits
 _PAGE = 500
 
 
@@ -41,8 +39,8 @@ def _pairs(changes: dict[str, Any]) -> list[str]:
 
 
 def _stream_id(event_id: str) -> str:
-    """An event id as given by a client (``7``) as the stream entry id it names."""
-    return f"0-{event_id}" if valid_sequence(event_id) else event_id
+    """An event number as given by a client (``7``) as the stream entry id it names."""
+    return f"0-{event_id}"
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:
@@ -113,8 +111,7 @@ class RedisStore:
         return f"{self.prefix}:requeue"
 
     def valid_event_id(self, value: str) -> bool:
-        # An event number, as in embedded mode; or a stream entry id, as ids were before.
-        return valid_sequence(value) or bool(_STREAM_ID.match(value))
+        return valid_sequence(value)  # an event number, as in embedded mode
 
     async def create(self, job: Job) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

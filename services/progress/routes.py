@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
 from progress.kinds import KINDS
@@ -21,6 +23,8 @@ from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
+
+log = logging.getLogger("progress")
 
 
 class JobRequest(BaseModel):
@@ -75,7 +79,12 @@ def build_router(runtime: Runtime) -> APIRouter:
             ) from None
         job = Job(kind=kind.name, params=params.model_dump(), owner=_owner(request))
         await service.store.create(job)
-        await service.runner.submit(job)
+        try:
+            await service.runner.submit(job)
+        except RedisError as exc:
+            # The job exists, in the requeue set: the reaper's next pass queues it. A 503
+            # now would have the client retry into a duplicate of a job that runs anyway.
+            log.warning("queueing job %s failed (%s); the reaper queues it", job.id, exc)
         JOBS_CREATED.labels(settings.service_name, kind.name).inc()
         public = job.public()
         return JSONResponse(
@@ -116,14 +125,27 @@ def build_router(runtime: Runtime) -> APIRouter:
         now.cancel_requested = True
         return now.public()
 
-    @router.get("/jobs/{job_id}/events", response_class=StreamResponse)
+    @router.get("/jobs/{job_id}/events", response_class=StreamResponse, response_model=None)
     @limit()
-    async def job_events(request: Request, job_id: str) -> StreamResponse:
+    async def job_events(request: Request, job_id: str) -> StreamResponse | Response:
         fmt = choose_format(request, StreamFormat.SSE, [StreamFormat.SSE, StreamFormat.NDJSON])
-        await owned(request, job_id)
+        job = await owned(request, job_id)
         after = request.query_params.get("after") or request.headers.get("last-event-id")
-        if after is not None and not service.store.valid_event_id(after):
-            raise ApiError(400, "invalid_event_id", f"{after!r} is not an event id of this service")
+        if after is not None:
+            if not service.store.valid_event_id(after):
+                raise ApiError(
+                    400, "invalid_event_id", f"{after!r} is not an event id of this service"
+                )
+            if int(after) > job.seq:  # nothing will ever come after it: no endless wait
+                raise ApiError(
+                    400,
+                    "invalid_event_id",
+                    f"event {after} is past this job's last event ({job.seq})",
+                )
+            if job.final and int(after) >= job.seq:
+                # The subscriber has the whole history, the end included (an EventSource
+                # reconnecting after the end): 204 ends an EventSource for good.
+                return Response(status_code=204, headers={"cache-control": "no-store"})
         return await stream(request, _deliver(service.store.events(job_id, after)), fmt)
 
     async def _deliver(events: AsyncIterator[JobEvent]) -> AsyncIterator[Event]:

@@ -153,7 +153,17 @@ class JobRun:
         self.finishing = True  # from here the heartbeat no longer interrupts
         changes = final_changes(state, time.time(), **fields)
         data = final_data(changes)
-        if not await self._send(FINAL_EVENT[state], data, changes, final=True):
+        # Shielded: a cancel landing now (arq's abort, a shutdown) must not leave the final
+        # write half done, or a finished job would be reaped as "failed" a lease later. The
+        # write is bounded by the lease deadline; then the cancel goes on.
+        writing = asyncio.ensure_future(self._send(FINAL_EVENT[state], data, changes, final=True))
+        try:
+            sent = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await writing
+            raise
+        if not sent:
             return
         JOBS_FINISHED.labels(self.service, self.job.kind, state).inc()
         if self.job.started_at is not None:

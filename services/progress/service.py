@@ -122,7 +122,7 @@ class ProgressService:
             store = redis_store(settings, redis_client(settings))
             assert settings.redis_url is not None
             pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-            runner = ArqRunner(pool, store, settings.progress_redis_timeout)
+            runner = ArqRunner(pool, store, settings.redis_timeout)
             self.store, self.runner = store, runner
             loop = asyncio.get_running_loop()
             background.append(loop.create_task(self._reaper(store, runner)))

@@ -22,12 +22,6 @@ class ProgressSettings(CoreSettings):
         ge=0,
         description="Seconds past a lease's expiry (by Redis's clock) before the job is reaped.",
     )
-    progress_redis_timeout: float = Field(
-        2.0,
-        ge=0.5,
-        le=60,
-        description="Seconds one Redis command of the progress service or worker may take.",
-    )
     progress_checksum_files: str = Field(
         "", description="name=path pairs the checksum kind may read (comma-separated)."
     )

@@ -22,6 +22,7 @@ from progress.redis_store import RedisStore
 from progress.runner import Timing, execute
 from progress.settings import ProgressSettings
 from sluice.logs import configure_logging
+from sluice.runtime import bounded_redis
 
 QUEUE = "sluice:progress:queue"
 log = logging.getLogger("progress.worker")
@@ -32,13 +33,8 @@ def store_prefix(settings: ProgressSettings) -> str:
 
 
 def redis_client(settings: ProgressSettings) -> Redis:
-    """The job store's client: no command waits longer than SLUICE_PROGRESS_REDIS_TIMEOUT."""
-    assert settings.redis_url is not None
-    timeout = settings.progress_redis_timeout
-    redis: Redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    return redis
+    """The job store's client (the worker has no runtime): every command bounded."""
+    return bounded_redis(settings)
 
 
 def redis_store(settings: ProgressSettings, redis: Redis) -> RedisStore:

@@ -32,6 +32,7 @@ from sluice.errors import ApiError
 # Deeper than any real request (an OpenAI tool's JSON schema is a few levels), far from the
 # interpreter's recursion limit, which ``json.dumps`` and validators also use.
 MAX_DEPTH = 64
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() and int() take every script's digits
 
 
 class BodyError(ApiError):
@@ -150,7 +151,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes, declared or as it arrives:
     nothing past the limit is read (bodies are read before auth runs)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():

@@ -32,7 +32,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: CoreSettings, public_routes: Iterable[str] = ()) -> Runtime:
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = bounded_redis(settings) if settings.redis_url else None
         return cls(
             settings=settings,
             drain=Drain(settings.drain_window),
@@ -42,3 +42,15 @@ class Runtime:
             caps=StreamCaps(settings, redis),
             redis=redis,
         )
+
+
+def bounded_redis(settings: CoreSettings) -> Redis:
+    """A client for ``SLUICE_REDIS_URL`` whose every command is bounded by
+    ``SLUICE_REDIS_TIMEOUT`` (redis-py waits forever by default): a stalled Redis costs a
+    request a 503 (see sluice.errors), not the worker its streams."""
+    assert settings.redis_url is not None
+    timeout = settings.redis_timeout
+    redis: Redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return redis

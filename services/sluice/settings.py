@@ -126,6 +126,12 @@ class CoreSettings(ScopedSettings):
 
     # Limits
     redis_url: str | None = Field(None, description="redis:// URL; limits shared across workers.")
+    redis_timeout: float = Field(
+        2.0,
+        ge=0.5,
+        le=60,
+        description="Seconds one Redis command may take (redis-py waits forever by default).",
+    )
     rate_limit: str = Field("120/minute", description="Requests per key (or client) per route.")
     max_body_bytes: int = Field(
         1_048_576,

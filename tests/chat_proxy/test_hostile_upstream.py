@@ -569,3 +569,27 @@ async def test_a_streams_well_formed_usage_is_what_is_charged() -> None:
         upstream.arm(stream_with_usage(b'{"prompt_tokens":0,"completion_tokens":1}'))
         assert own_answer(await complete(app, "b", True), "b", True) == "one"  # 3 of 3
         assert (await complete(app, "c", True)).status == 429
+
+
+def spaced_usage_stream(prompt: int) -> Attack:
+    """An upstream writing JSON with json.dumps' default separators (`"usage": {`)."""
+
+    async def attack(peer: Peer) -> None:
+        usage = {"prompt_tokens": prompt, "completion_tokens": 1}
+        last = b"data: " + json.dumps({"id": "c", "choices": [], "usage": usage}).encode() + b"\n\n"
+        events = [delta_event("one"), last, b"data: [DONE]\n\n"]
+        await peer.send(head(200, CHUNKED) + b"".join(chunk(e) for e in events) + b"0\r\n\r\n")
+        peer.serve_on = True
+
+    return attack
+
+
+async def test_regression_usage_written_with_spaces_was_never_charged() -> None:
+    # `"usage": {` (a space after the colon) was not seen: prompt tokens were never charged.
+    async with proxy_against_hostile(chat_token_limit="10/hour") as (app, upstream):
+        upstream.arm(spaced_usage_stream(9))
+        assert own_answer(await complete(app, "a", True), "a", True) == "one"  # 9 + 1 = 10
+        upstream.arm(spaced_usage_stream(0))
+        refused = await complete(app, "b", True)
+    assert refused.status == 429, refused.text[:300]
+    assert error_of(refused)["code"] == "tokens_exceeded"

@@ -122,6 +122,34 @@ async def test_a_runner_whose_lease_is_taken_stops_and_publishes_nothing_more(
     assert_one_final_state_agreeing(stored, history)
 
 
+async def test_regression_a_cancel_during_the_final_write_left_a_finished_job_to_be_reaped(
+    own_redis: Proc,
+) -> None:
+    # arq's abort cancels the job's task even while it writes its final event: the write was
+    # cut, and the finished job was reaped a lease later as "failed: worker stopped".
+    async with store_on(own_redis) as store:
+        job = await submit(store, "simulate", {"steps": 2, "delay": 0})
+        final_write = asyncio.Event()
+        real_advance = store.advance
+
+        async def slow_final(*args: Any, **kwargs: Any) -> Any:
+            if args[-1] is True or kwargs.get("final"):  # the final event: slow, as under load
+                final_write.set()
+                await asyncio.sleep(0.3)
+            return await real_advance(*args, **kwargs)
+
+        store.advance = slow_final  # type: ignore[method-assign]
+        run = asyncio.create_task(execute(store, job.id, 1, TIMING, "test"))
+        await asyncio.wait_for(final_write.wait(), 5)
+        run.cancel()  # as arq's abort does
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(run, 5)
+        stored = await store.get(job.id)
+        history = await entries(store, job.id)
+    assert stored is not None and stored.state == "succeeded", stored
+    assert_one_final_state_agreeing(stored, history)
+
+
 async def test_a_quiet_runner_is_stopped_by_its_heartbeat_when_the_lease_is_taken(
     own_redis: Proc,
 ) -> None:
@@ -209,7 +237,7 @@ def faults_app(redis_url: str) -> Any:
         heartbeat_interval=0.2,
         progress_lease=LEASE,
         progress_lease_grace=GRACE,
-        progress_redis_timeout=0.5,
+        redis_timeout=0.5,
         rate_limit="1000/minute",
         rate_limit_timeout=0.3,
     )
@@ -270,7 +298,7 @@ async def test_redis_killed_mid_job_then_restarted_api_503s_then_state_is_consis
         "SLUICE_REDIS_URL": proc.extra["url"],
         "SLUICE_PROGRESS_LEASE": str(LEASE),
         "SLUICE_PROGRESS_LEASE_GRACE": str(GRACE),
-        "SLUICE_PROGRESS_REDIS_TIMEOUT": "0.5",
+        "SLUICE_REDIS_TIMEOUT": "0.5",
         "SLUICE_PROGRESS_WORKER_METRICS_PORT": "0",
     }
     worker = start(
@@ -313,3 +341,34 @@ async def test_redis_killed_mid_job_then_restarted_api_503s_then_state_is_consis
     expected = {"succeeded": "event: complete", "failed": "event: failed"}[state["state"]]
     assert finals[0].startswith(expected)
     assert state["last_event_id"] == finals[0].split("id: ")[1].split("\n")[0]
+
+
+async def test_regression_a_job_whose_queueing_failed_was_a_503_yet_ran(
+    own_redis: Proc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # POST /jobs created the job (in the requeue set, so the reaper queues it), then answered
+    # 503 when queueing failed: the client, with no id, retried into a duplicate job.
+    from arq.connections import ArqRedis
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RedisTimeoutError("queueing the job timed out")
+
+    async with asgi.lifespan(faults_app(own_redis.extra["url"])) as app:
+        monkeypatch.setattr(ArqRedis, "enqueue_job", fails)
+        body = json.dumps({"kind": "simulate", "params": {"steps": 1, "delay": 0}}).encode()
+        created = await asgi.request(app, "/jobs", method="POST", headers=AUTH, body=body)
+        monkeypatch.undo()
+        job = json.loads(created.body)
+        client = Redis.from_url(own_redis.extra["url"])
+        try:
+            keys = [k async for k in client.scan_iter(match="*requeue*")]
+            waiting = [
+                m.decode()
+                for k in keys
+                for m in await client.zrange(k, 0, -1)  # type: ignore[union-attr]
+            ]
+        finally:
+            await client.aclose()
+    assert created.status == 202, created.body
+    assert job["id"] in waiting  # the reaper's next pass queues it

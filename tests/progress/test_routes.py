@@ -94,6 +94,32 @@ async def test_failure_and_late_subscriber_gets_history_then_end() -> None:
     assert lines[-1]["event"] == "failed"
 
 
+async def test_regression_a_subscriber_after_the_end_or_past_it_waited_forever() -> None:
+    # An EventSource reconnects after the server closes: with Last-Event-ID at the final event
+    # (or any id past the job's last) it waited on an event that never comes, holding a cap
+    # slot, so 20 cancelled jobs watched in a browser locked the key out with 429s.
+    async with asgi.lifespan(app_with()) as app:
+        job = json.loads((await submit(app, "simulate", {"steps": 3, "delay": 0})).body)
+        await asyncio.sleep(0.1)
+        whole = sse_events((await asgi.request(app, job["events_url"], headers=A)).text)
+        last = whole[-1]["id"]
+        at_end = await asgi.request(
+            app, job["events_url"], headers=[*A, ("last-event-id", last)], timeout=3
+        )
+        past = await asgi.request(app, job["events_url"] + "?after=999999", headers=A, timeout=3)
+        legacy = await asgi.request(
+            app, job["events_url"] + "?after=1796169644202-0", headers=A, timeout=3
+        )
+        running = json.loads((await submit(app, "simulate", {"steps": 100, "delay": 0.05})).body)
+        ahead = await asgi.request(app, running["events_url"] + "?after=50", headers=A, timeout=3)
+        assert app.state.runtime.caps.local_total == 0
+    assert whole[-1]["event"] == "complete"
+    assert at_end.status == 204 and at_end.body == b""
+    for refused in (past, legacy, ahead):
+        assert refused.status == 400
+        assert json.loads(refused.body)["error"]["type"] == "invalid_event_id"
+
+
 async def test_cancel_stops_a_running_job_within_a_second() -> None:
     async with asgi.lifespan(app_with()) as app:
         job = json.loads((await submit(app, "simulate", {"steps": 1000, "delay": 0.05})).body)

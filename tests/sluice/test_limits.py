@@ -7,12 +7,19 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+from fastapi import APIRouter, Request
 from pydantic import SecretStr
 
+from sluice.app import create_app
+from sluice.events import Event
+from sluice.formats import StreamFormat
 from sluice.metrics import RATE_LIMITED
-from sluice.streaming import EndReason
+from sluice.runtime import Runtime
+from sluice.settings import CoreSettings
+from sluice.streaming import EndReason, StreamResponse, stream
 from tests.sluice.test_streaming import Probe, make_app
 from tests.support import asgi
 from tests.support.procs import Proc
@@ -227,3 +234,33 @@ async def test_regression_a_hung_redis_froze_the_worker_in_the_rate_limit_check(
     assert error["type"] == "unavailable" and "Redis" in error["message"]
     assert result.headers["retry-after"] == "1"
     assert took < 5  # bounded by the timeout, not by TCP's minutes
+
+
+async def test_regression_a_hung_redis_held_a_new_stream_in_its_cap_lease_forever() -> None:
+    # The core's async Redis client (stream-cap leases, readiness) had no timeout either: a
+    # stream past the rate limit waited on a Redis that never answers, for ever.
+    async def beats() -> AsyncIterator[Event]:
+        yield Event(data="x")
+
+    def build(runtime: Runtime) -> APIRouter:
+        router = APIRouter()
+
+        @router.get("/unlimited", response_class=StreamResponse)
+        async def unlimited(request: Request) -> StreamResponse:
+            return await stream(request, beats(), StreamFormat.SSE)
+
+        return router
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        settings = CoreSettings(service_name="test", redis_url=url, redis_timeout=0.5)
+        app = create_app(settings, title="t", routers=[build], public_routes=["/unlimited"])
+        async with asgi.lifespan(app):
+            started = time.monotonic()
+            result = await asgi.request(app, "/unlimited", timeout=10)
+            took = time.monotonic() - started
+    assert result.status == 503
+    assert json.loads(result.body)["error"]["type"] == "unavailable"
+    assert took < 3

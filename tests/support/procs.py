@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,8 +98,9 @@ def start_service(
     service = devstack.SERVICES[name]
     port = free_port()
     argv, service_env = devstack.service_command(service, f"127.0.0.1:{port}")
-    metrics_dir = log_dir / f"metrics-{name}-{port}"
-    metrics_dir.mkdir()
+    # A port is free again once its process is gone: a later service may get it, so the
+    # folder is made unique, not named by the port alone.
+    metrics_dir = Path(tempfile.mkdtemp(prefix=f"metrics-{name}-{port}-", dir=log_dir))
     full_env = {
         **service_env,
         "SLUICE_WORKERS": str(workers),
