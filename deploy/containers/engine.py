@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,12 +27,22 @@ from pathlib import Path
 
 # Kept between runs (the probed limits); podman keeps images in its own store.
 STATE = Path(os.environ.get("SLUICE_CONTAINERS_STATE", "/var/tmp/sluice-containers"))  # noqa: S108
-# catatonit: the pause process of pods (kube play builds its pause image from it)
-PACKAGES = {
-    "podman": "podman",
-    "runc": "runc",
-    "debootstrap": "debootstrap",
-    "catatonit": "catatonit",
+# Package -> the files that show it is installed (a name on PATH, or an absolute path: podman's
+# helpers live in /usr/lib/podman). Installed explicitly, with --no-install-recommends:
+# aardvark-dns is only a Recommends of netavark (without it compose service names do not
+# resolve), iptables only a Suggests; catatonit is the pause process of pods (kube play builds
+# its pause image from it).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "podman": ("podman",),
+    "runc": ("runc",),
+    "debootstrap": ("debootstrap",),
+    "catatonit": ("catatonit", "/usr/libexec/podman/catatonit"),
+    "netavark": ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark"),
+    "aardvark-dns": ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns"),
+    "iptables": ("iptables",),
+    "uidmap": ("newuidmap", "newgidmap"),
+    "slirp4netns": ("slirp4netns",),
+    "fuse-overlayfs": ("fuse-overlayfs",),
 }
 COMPOSE_LABEL = "com.docker.compose.project"
 
@@ -80,24 +92,58 @@ def docker_answers() -> bool:
     return info.returncode == 0 and "podman" not in info.stdout.lower()
 
 
-def install_missing(packages: dict[str, str]) -> None:
-    """apt-get install what is missing, as the Makefile's install_missing does."""
-    missing = [
-        pkg
-        for cmd, pkg in packages.items()
-        if shutil.which(cmd) is None and not Path(f"/usr/sbin/{cmd}").exists()
-    ]
+def installed(files: Sequence[str]) -> bool:
+    """One of ``files`` (alternatives for one package) is there: a name on PATH (or in
+    /usr/sbin, off a user's PATH), or an absolute path."""
+    for name in files:
+        if name.startswith("/"):
+            if Path(name).exists():
+                return True
+            continue
+        if shutil.which(name) is not None or Path(f"/usr/sbin/{name}").exists():
+            return True
+    return False
+
+
+def missing_packages(packages: dict[str, tuple[str, ...]]) -> list[str]:
+    return [pkg for pkg, files in packages.items() if not installed(files)]
+
+
+def apt_candidate(package: str) -> bool:
+    """``apt-cache policy`` knows a version of ``package`` it could install."""
+    out = run(["apt-cache", "policy", package], timeout=60, check=False).stdout
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "Candidate":
+            return value.strip() not in ("", "(none)")
+    return False
+
+
+def install_missing(packages: dict[str, tuple[str, ...]]) -> None:
+    """apt-get install what is missing (every package listed, explicitly: no Recommends)."""
+    missing = missing_packages(packages)
     if not missing:
         return
     if os.geteuid() != 0:
         raise EngineUnavailable(
             "no Docker engine answers and podman cannot be installed (not root): "
-            f"sudo apt-get install {' '.join(missing)}, or point DOCKER_HOST at an engine"
+            f"sudo apt-get install --no-install-recommends {' '.join(missing)}, "
+            "or point DOCKER_HOST at an engine"
         )
-    print(f"apt-get install: {' '.join(missing)}", flush=True)
     env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env, timeout=600)
+    if not all(apt_candidate(pkg) for pkg in missing):
+        run(["apt-get", "update", "-qq"], env, timeout=600)
+        unknown = [pkg for pkg in missing if not apt_candidate(pkg)]
+        if unknown:
+            raise EngineUnavailable(
+                f"apt knows no installable version of {' '.join(unknown)} even after "
+                "apt-get update: enable Debian's main archive (bookworm or later)"
+            )
+    print(f"apt-get install: {' '.join(missing)}", flush=True)
     run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env, timeout=1200)
+    still = missing_packages({pkg: packages[pkg] for pkg in missing})
+    if still:
+        raise EngineUnavailable(f"apt-get installed {' '.join(still)} but their files are absent")
 
 
 def containers_conf(nofile: int, nproc: int) -> str:
@@ -119,6 +165,47 @@ def limit_candidates(hard: int, floor: int = 4096) -> list[int]:
         found.append(value)
         value //= 2
     return found or [floor]
+
+
+# runc's "error setting rlimit type N": 6 is RLIMIT_NPROC, 7 RLIMIT_NOFILE (Linux numbering).
+RLIMIT_TYPE = re.compile(r"rlimit type (\d+)")
+PROBE_TRIES = 8
+PROBE_TIMEOUT = 20.0
+
+
+def choose_ulimits(
+    attempt: Callable[[int, int], str | None],
+    nofile_hard: int,
+    nproc_hard: int,
+    tries: int = PROBE_TRIES,
+) -> tuple[int, int, int]:
+    """The highest (nofile, nproc) runc may set: both at the host's hard limits, then halving
+    the one runc names (both when it names neither), at most ``tries`` attempts. ``attempt``
+    returns None when a container started, else runc's error. Returns (nofile, nproc, tries)."""
+    nofiles = limit_candidates(nofile_hard, 1024)
+    nprocs = limit_candidates(nproc_hard)
+    i = j = 0
+    error = ""
+    for used in range(1, tries + 1):
+        found = attempt(nofiles[i], nprocs[j])
+        if found is None:
+            return nofiles[i], nprocs[j], used
+        error = found
+        if "rlimit" not in error:
+            raise RuntimeError(f"podman cannot run a container here:\n{error}")
+        named = RLIMIT_TYPE.search(error)
+        kind = int(named.group(1)) if named else None
+        moved = False
+        if kind in (None, resource.RLIMIT_NOFILE) and i + 1 < len(nofiles):
+            i, moved = i + 1, True
+        if kind in (None, resource.RLIMIT_NPROC) and j + 1 < len(nprocs):
+            j, moved = j + 1, True
+        if not moved:
+            break
+    raise RuntimeError(
+        f"podman: no nofile/nproc limits runc may set were found (last tried nofile="
+        f"{nofiles[i]} nproc={nprocs[j]}, hard limits {nofile_hard}/{nproc_hard}):\n{error}"
+    )
 
 
 @dataclass
@@ -191,7 +278,8 @@ class Engine:
 
 
 def probe_ulimits(env: dict[str, str], image: str) -> tuple[int, int]:
-    """nofile and nproc values runc may set here, the highest that work; cached per host limits."""
+    """nofile and nproc values runc may set here, the highest that work (a handful of tries of
+    a few seconds each); cached per host limits and podman version."""
     _, nproc_hard = resource.getrlimit(resource.RLIMIT_NPROC)
     _, nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     cache = STATE / "ulimits.json"
@@ -201,21 +289,74 @@ def probe_ulimits(env: dict[str, str], image: str) -> tuple[int, int]:
         if cached["key"] == key:
             return int(cached["nofile"]), int(cached["nproc"])
     conf = STATE / "probe-containers.conf"
-    for nofile in limit_candidates(nofile_hard, 1024):
-        for nproc in limit_candidates(nproc_hard):
-            conf.write_text(containers_conf(nofile, nproc))
+
+    def attempt(nofile: int, nproc: int) -> str | None:
+        conf.write_text(containers_conf(nofile, nproc))
+        try:
             result = run(
-                ["podman", "run", "--rm", "--network", "none", image, "true"],
+                ["podman", "run", "--rm", "--network", "none", image, "/usr/bin/true"],
                 {**env, "CONTAINERS_CONF": str(conf)},
-                timeout=120,
+                timeout=PROBE_TIMEOUT,
                 check=False,
             )
-            if result.returncode == 0:
-                cache.write_text(json.dumps({"key": key, "nofile": nofile, "nproc": nproc}))
-                return nofile, nproc
-            if "rlimit" not in result.stderr:
-                raise RuntimeError(f"podman cannot run a container here:\n{result.stderr}")
-    raise RuntimeError("podman: no nofile/nproc limits runc may set were found")
+        except subprocess.TimeoutExpired:
+            return f"podman run did not finish in {PROBE_TIMEOUT:.0f} s (not an rlimit error)"
+        return None if result.returncode == 0 else result.stderr
+
+    nofile, nproc, tries = choose_ulimits(attempt, nofile_hard, nproc_hard)
+    print(
+        f"podman ulimits: nofile={nofile} nproc={nproc} (host hard limits {nofile_hard}/"
+        f"{nproc_hard}, {tries} tries)",
+        flush=True,
+    )
+    cache.write_text(json.dumps({"key": key, "nofile": nofile, "nproc": nproc}))
+    return nofile, nproc
+
+
+def probe_name_resolution(
+    env: dict[str, str], image: str, tries: int = 5, network_args: Sequence[str] = ()
+) -> None:
+    """Two containers on one network resolve each other's names (aardvark-dns, which compose
+    service names and kube's Service aliases need), or a clear error. ``network_args`` go to
+    ``network create`` (a test's ``--disable-dns`` shows the failure)."""
+    tag = f"sluiceprobe{os.getpid()}x{secrets.token_hex(3)}"
+    server, client = f"{tag}-a", f"{tag}-b"
+    output = ""
+    try:
+        run(["podman", "network", "create", *network_args, tag], env, timeout=30)
+        on_network = ["--rm", "--network", tag, image]
+        sleeper = ["/usr/bin/sleep", "60"]
+        run(["podman", "run", "-d", "--name", server, *on_network, *sleeper], env, timeout=30)
+        for _ in range(tries):
+            result = run(
+                [
+                    "podman",
+                    "run",
+                    "--name",
+                    client,
+                    *on_network,
+                    "/usr/bin/getent",
+                    "hosts",
+                    server,
+                ],
+                env,
+                timeout=30,
+                check=False,
+            )
+            output = result.stdout + result.stderr
+            if result.returncode == 0 and result.stdout.strip():
+                return
+            time.sleep(1)
+    finally:
+        for name in (client, server):
+            run(["podman", "rm", "-f", "-t", "0", name], env, timeout=30, check=False)
+        run(["podman", "network", "rm", "-f", tag], env, timeout=30, check=False)
+    raise EngineUnavailable(
+        f"two containers on one podman network do not resolve each other's names ({client} "
+        f"looked up {server} {tries} times: {output.strip() or 'no answer'}); compose service "
+        "names need aardvark-dns: apt-get install --no-install-recommends aardvark-dns "
+        "netavark, and `podman info --format '{{.Host.NetworkBackend}}'` must say netavark"
+    )
 
 
 def start_podman(ensure_base: Callable[[Engine], str]) -> Engine:
@@ -229,6 +370,7 @@ def start_podman(ensure_base: Callable[[Engine], str]) -> Engine:
     base_image = ensure_base(Engine("podman", env))
     nofile, nproc = probe_ulimits(env, base_image)
     (STATE / "containers.conf").write_text(containers_conf(nofile, nproc))
+    probe_name_resolution(env, base_image)
     run_dir = Path(tempfile.mkdtemp(prefix="sluice-podman-"))
     socket = run_dir / "podman.sock"
     log = (run_dir / "service.log").open("ab")
@@ -305,8 +447,22 @@ def health(engine: Engine, names: Sequence[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def podman_for(ensure_base: Callable[[Engine], str]) -> Iterator[Engine]:
+    """podman (installed when missing, as root) whatever else answers: kube play needs it."""
+    engine = start_podman(ensure_base)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@contextlib.contextmanager
 def engine_for(ensure_base: Callable[[Engine], str]) -> Iterator[Engine]:
-    engine = Engine("docker") if docker_answers() else start_podman(ensure_base)
+    if not docker_answers():
+        with podman_for(ensure_base) as podman:
+            yield podman
+        return
+    engine = Engine("docker")
     try:
         yield engine
     finally:

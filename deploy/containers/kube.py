@@ -5,15 +5,23 @@ podman 4.3, found by trying: it skips Namespace, Service, NetworkPolicy, HPA, PD
 StatefulSet without a word; it misreads Secrets and lets ``envFrom`` override ``env``
 (Kubernetes: ``env`` wins), so both become inline env in Kubernetes' order; it publishes
 every ``containerPort`` on 0.0.0.0, so only nginx keeps one, on 127.0.0.1; it shares
-``emptyDir`` volumes by name across pods, so each pod's get its own names; it runs no
-probes, so :func:`run_probe` runs them; and a Service's name resolves only as a network
-alias of the pod it selects, once that pod runs (Redis, then the services, then nginx).
+``emptyDir`` volumes by name across pods, so each pod's get its own names; it makes a
+volume of each ``configMap`` one, named as the ConfigMap, and ``kube down`` leaves it; it
+runs no probes, so :func:`run_probe` runs them; and a Service's name resolves only as a
+network alias of the pod it selects, once that pod runs (Redis, then the services, then nginx).
+
+Every pod, container, volume and the network carry the run's id: as the prefix of their
+names and as a label (with the pid that owns the run). Teardown removes by label and by the
+exact names, so a user's pod named ``redis`` or a concurrent run is never touched; a run
+whose owner died (SIGKILL) is swept by :func:`sweep_dead_runs` before the next one.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -39,6 +47,44 @@ ORDER = ("redis", "mock-upstream", "demo", "chat-proxy", "progress", "progress-w
 LAST = "nginx"
 
 Doc = dict[str, Any]
+RUN_LABEL = "io.sluice.kube-run"  # the run's id, the prefix of every name it makes
+OWNER_LABEL = "io.sluice.kube-owner"  # pid and start time of the process that made it
+RUN_PREFIX = "sluicekube"
+
+
+def process_owner(pid: int) -> str | None:
+    """``pid:start-time`` (clock ticks after boot, /proc/PID/stat field 22): names one process
+    for good, a reused pid included; None when no such process runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{pid}:{fields[19]}"
+
+
+def owner_alive(owner: str) -> bool:
+    pid, _, _ = owner.partition(":")
+    return pid.isdigit() and process_owner(int(pid)) == owner
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    owner: str
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {RUN_LABEL: self.id, OWNER_LABEL: self.owner}
+
+    def label_args(self) -> list[str]:
+        return [arg for k, v in self.labels.items() for arg in ("--label", f"{k}={v}")]
+
+
+def new_run() -> Run:
+    owner = process_owner(os.getpid())
+    assert owner is not None, "/proc/self/stat is unreadable"
+    return Run(f"{RUN_PREFIX}{secrets.token_hex(4)}", owner)
 
 
 def render(overlay: str, key: str) -> list[Doc]:
@@ -97,16 +143,24 @@ class Probe:
     container: str  # podman's container name: <pod>-<container>
     kind: str  # readiness | liveness
     command: list[str]
+    failure_threshold: int = 3  # Kubernetes' defaults
+    period: float = 10.0
 
 
 @dataclass
 class Workload:
-    name: str
+    name: str  # the manifest's name
+    pod_name: str  # podman's: the run's id, then the name
     alias: str | None  # the Service that selects it
     pod: Doc
     configmaps: list[Doc]
     probes: list[Probe] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
+
+    def volumes(self) -> list[str]:
+        """The volumes podman makes for the pod (emptyDirs, and one per ConfigMap)."""
+        found = [v["name"] for v in self.pod["spec"].get("volumes") or [] if "emptyDir" in v]
+        return found + [doc["metadata"]["name"] for doc in self.configmaps]
 
 
 def probe_command(probe: Doc, ports: dict[str, int]) -> list[str]:
@@ -118,8 +172,9 @@ def probe_command(probe: Doc, ports: dict[str, int]) -> list[str]:
         url = f"http://127.0.0.1:{port}{get.get('path', '/')}"
         script = (
             'if command -v wget >/dev/null; then exec wget -q -O /dev/null "$0"; fi; '
-            'exec python -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=3)"'
-            ' "$0"'
+            'exec python -c "import sys, urllib.request as u, urllib.error as e\n'
+            "try: u.urlopen(sys.argv[1], timeout=3)\n"
+            'except e.HTTPError as x: sys.exit(f\'{x.code} {x.read()[:300]!r}\')" "$0"'
         )
         return ["sh", "-c", script, url]
     if "tcpSocket" in probe:
@@ -133,8 +188,9 @@ def probe_command(probe: Doc, ports: dict[str, int]) -> list[str]:
     raise AssertionError(f"unknown probe {probe}")
 
 
-def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str]) -> list[Workload]:
-    """One podman-playable Pod per Deployment/StatefulSet, in start order."""
+def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str], run: Run) -> list[Workload]:
+    """One podman-playable Pod per Deployment/StatefulSet, in start order, every name podman
+    makes from it prefixed with ``run.id`` and labelled with ``run``."""
     sources = {
         (d["kind"], d["metadata"]["name"]): source_values(d)
         for d in docs
@@ -160,15 +216,23 @@ def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str]) -> list[
             None,
         )
         spec = template["spec"]
+        pod_name = f"{run.id}-{name}"
         renamed = {}
         used_configmaps = []
         for volume in spec.get("volumes") or []:
             if "emptyDir" in volume:
-                renamed[volume["name"]] = f"{name}-{volume['name']}"
+                renamed[volume["name"]] = f"{pod_name}-{volume['name']}"
                 volume["name"] = renamed[volume["name"]]
             if "configMap" in volume:
-                used_configmaps.append(configmaps[volume["configMap"]["name"]])
-        workload = Workload(name, alias, {}, used_configmaps)
+                configmap = copy.deepcopy(configmaps[volume["configMap"]["name"]])
+                configmap["metadata"]["name"] = f"{run.id}-{configmap['metadata']['name']}"
+                configmap["metadata"]["labels"] = {
+                    **(configmap["metadata"].get("labels") or {}),
+                    **run.labels,
+                }
+                volume["configMap"]["name"] = configmap["metadata"]["name"]
+                used_configmaps.append(configmap)
+        workload = Workload(name, pod_name, alias, {}, used_configmaps)
         for container in spec["containers"]:
             ports = {
                 p.get("name", str(p["containerPort"])): p["containerPort"]
@@ -187,16 +251,24 @@ def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str]) -> list[
                 container.pop("ports", None)
             for mount in container.get("volumeMounts") or []:
                 mount["name"] = renamed.get(mount["name"], mount["name"])
-            podman_name = f"{name}-{container['name']}"
+            podman_name = f"{pod_name}-{container['name']}"
             workload.containers.append(podman_name)
             for kind in ("readiness", "liveness"):
                 probe = container.pop(f"{kind}Probe", None)
                 if probe:
-                    workload.probes.append(Probe(podman_name, kind, probe_command(probe, ports)))
+                    workload.probes.append(
+                        Probe(
+                            podman_name,
+                            kind,
+                            probe_command(probe, ports),
+                            int(probe.get("failureThreshold", 3)),
+                            float(probe.get("periodSeconds", 10)),
+                        )
+                    )
         workload.pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "labels": labels},
+            "metadata": {"name": pod_name, "labels": {**labels, **run.labels}},
             "spec": spec,
         }
         found.append(workload)
@@ -204,9 +276,12 @@ def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str]) -> list[
     return sorted(found, key=lambda w: rank.get(w.name, len(ORDER)))
 
 
-def play(engine: Engine, workload: Workload, network: str, folder: Path) -> None:
-    path = folder / f"{workload.name}.yaml"
+def play(engine: Engine, workload: Workload, run: Run, network: str, folder: Path) -> None:
+    path = folder / f"{workload.pod_name}.yaml"
     path.write_text(yaml.safe_dump_all([*workload.configmaps, workload.pod]))
+    for volume in workload.pod["spec"].get("volumes") or []:
+        if "emptyDir" in volume:  # made here to carry the label (podman uses it as it is)
+            engine.command("volume", "create", *run.label_args(), volume["name"])
     net = f"{network}:alias={workload.alias}" if workload.alias else network
     engine.command("kube", "play", "--network", net, str(path), timeout=300)
 
@@ -216,17 +291,99 @@ def run_probe(engine: Engine, probe: Probe) -> tuple[bool, str]:
     return result.returncode == 0, result.stdout + result.stderr
 
 
-def teardown(engine: Engine, played: list[Workload], folder: Path, network: str) -> None:
+def probe_verdict(engine: Engine, probe: Probe, max_period: float = 5.0) -> tuple[bool, list[str]]:
+    """As the kubelet judges it: failed only after ``failure_threshold`` failures in a row,
+    ``period`` apart (at most ``max_period`` here); passed at the first success. The
+    failures' output, each (a passing probe may have failed before)."""
+    failures = []
+    for attempt in range(max(1, probe.failure_threshold)):
+        if attempt:
+            time.sleep(min(probe.period, max_period))
+        ok, out = run_probe(engine, probe)
+        if ok:
+            return True, failures
+        failures.append(out.strip())
+    return False, failures
+
+
+def labelled(engine: Engine, kind: str, label: str) -> list[str]:
+    """Names of podman's ``kind`` objects (pod, container, volume, network) with ``label``
+    (``key`` or ``key=value``)."""
+    args = {
+        "pod": ["pod", "ps", "--format", "{{.Name}}"],
+        "container": ["ps", "-a", "--format", "{{.Names}}"],
+        "volume": ["volume", "ls", "--format", "{{.Name}}"],
+        "network": ["network", "ls", "--format", "{{.Name}}"],
+    }[kind]
+    out = engine.command(*args, "--filter", f"label={label}", check=False)
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def remove_run(engine: Engine, run_id: str, names: dict[str, list[str]]) -> None:
+    """Everything labelled with ``run_id``, and the exact ``names`` (kind -> names) besides."""
+    label = f"{RUN_LABEL}={run_id}"
+    pods = sorted({*labelled(engine, "pod", label), *names.get("pod", [])})
+    if pods:
+        engine.command("pod", "rm", "-f", *pods, check=False, timeout=120)
+    containers = labelled(engine, "container", label)
+    if containers:
+        engine.command("rm", "-f", "-t", "0", *containers, check=False, timeout=120)
+    volumes = sorted({*labelled(engine, "volume", label), *names.get("volume", [])})
+    for volume in volumes:  # one by one: a name that is not there fails alone
+        engine.command("volume", "rm", "-f", volume, check=False)
+    networks = sorted({*labelled(engine, "network", label), *names.get("network", [])})
+    for network in networks:
+        engine.command("network", "rm", "-f", network, check=False)
+
+
+def run_objects(engine: Engine, run_id: str) -> dict[str, list[str]]:
+    """What is left of ``run_id``: by label, and volumes by the name prefix (podman makes the
+    ConfigMaps' volumes without our label)."""
+    found = {
+        kind: labelled(engine, kind, f"{RUN_LABEL}={run_id}")
+        for kind in ("pod", "container", "volume", "network")
+    }
+    every_volume = engine.command("volume", "ls", "--format", "{{.Name}}", check=False).split()
+    prefixed = (v for v in every_volume if v.startswith(f"{run_id}-"))
+    found["volume"] = sorted({*found["volume"], *prefixed})
+    return found
+
+
+def sweep_dead_runs(engine: Engine) -> list[str]:
+    """Remove what earlier runs left whose owning process is gone (a SIGKILLed run); a live
+    run's objects, and anything without our label, are left alone. The run ids swept."""
+    owners: dict[str, str] = {}
+    # every run makes its network first and removes it last; its pods carry the owner too
+    for kind in ("network", "pod"):
+        for name in labelled(engine, kind, RUN_LABEL):
+            labels = engine.command(
+                kind,
+                "inspect",
+                "--format",
+                f'{{{{index .Labels "{RUN_LABEL}"}}}} {{{{index .Labels "{OWNER_LABEL}"}}}}',
+                name,
+                check=False,
+            ).split()
+            if len(labels) == 2 and labels[0].startswith(RUN_PREFIX):
+                owners[labels[0]] = labels[1]
+    dead = sorted(run_id for run_id, owner in owners.items() if not owner_alive(owner))
+    for run_id in dead:
+        remove_run(engine, run_id, run_objects(engine, run_id))
+    return dead
+
+
+def teardown(engine: Engine, played: list[Workload], folder: Path, run: Run) -> None:
     for workload in reversed(played):
-        path = folder / f"{workload.name}.yaml"
+        path = folder / f"{workload.pod_name}.yaml"
         if path.exists():
             engine.command("kube", "down", str(path), check=False, timeout=120)
-        engine.command("pod", "rm", "-f", workload.name, check=False)
-    for workload in played:
-        for volume in workload.pod["spec"].get("volumes") or []:
-            if "emptyDir" in volume:
-                engine.command("volume", "rm", "-f", volume["name"], check=False)
-    engine.command("network", "rm", "-f", network, check=False)
+    left = run_objects(engine, run.id)
+    names = {
+        "pod": [w.pod_name for w in played] + left["pod"],
+        "volume": [v for w in played for v in w.volumes()] + left["volume"],
+        "network": [run.id],
+    }
+    remove_run(engine, run.id, names)
 
 
 def wait_ready(engine: Engine, workload: Workload, timeout: float = 90) -> float:
@@ -248,18 +405,19 @@ def wait_ready(engine: Engine, workload: Workload, timeout: float = 90) -> float
 
 
 def play_all(
-    engine: Engine, found: list[Workload], network: str, folder: Path
+    engine: Engine, found: list[Workload], run: Run, folder: Path
 ) -> tuple[list[Workload], dict[str, float]]:
-    """Each pod in order, the next once the last is ready (its alias resolves then)."""
+    """Each pod in order, the next once the last is ready (its alias resolves then), on a
+    network of the run's own (named by its id)."""
     played: list[Workload] = []
     took = {}
-    engine.command("network", "create", network)
+    engine.command("network", "create", *run.label_args(), run.id)
     try:
         for workload in found:
             played.append(workload)
-            play(engine, workload, network, folder)
+            play(engine, workload, run, run.id, folder)
             took[workload.name] = round(wait_ready(engine, workload), 1)
     except BaseException:
-        teardown(engine, played, folder, network)
+        teardown(engine, played, folder, run)
         raise
     return played, took

@@ -27,7 +27,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"container figures: {json.dumps(FIGURES)}")
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: the engine (podman's service) and the stack's containers go when
+# tests/containers ends, not at the end of the session (the e2e timing tests run after).
+@pytest.fixture(scope="package")
 def engine(log_dir: Path) -> Iterator[Engine]:
     started = time.monotonic()
     with engine_for(ensure_base) as found:
@@ -43,7 +45,7 @@ def engine(log_dir: Path) -> Iterator[Engine]:
             (log_dir / "container-figures.json").write_text(json.dumps(FIGURES, indent=2))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(engine: Engine, log_dir: Path) -> Iterator[Stack]:
     built = new_stack(engine, log_dir / "compose")
     try:

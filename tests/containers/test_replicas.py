@@ -17,39 +17,63 @@ from tests.containers.conftest import FIGURES
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
-# Run inside a replica's container (its python, its httpx): the replicas publish no port.
-READ_EVENTS = """
-import json, sys, httpx
-url, key, last, stop = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-headers = {"Authorization": "Bearer " + key, **({"Last-Event-ID": last} if last else {})}
-events, current = [], {}
-with httpx.stream("GET", url, headers=headers, timeout=30) as response:
-    assert response.status_code == 200, (response.status_code, response.read())
-    for line in response.iter_lines():
-        if not line:
-            if "id" in current:
-                events.append([current["id"], current.get("event", "message")])
-                if current.get("event") in ("complete", "failed", "cancelled"):
-                    break
-                if stop and len(events) >= stop:
-                    break
-            current = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            current[name] = value.strip()
-print(json.dumps(events))
+# Run inside a replica's container, with its python's standard library only (the image ships
+# no HTTP client library): the replicas publish no port. ``open_`` sends one request on a
+# connection of its own and returns the response, unread (a stream is read line by line).
+CLIENT = """
+import http.client, json, sys, urllib.parse
+def open_(method, url, key, body=None, headers=None, timeout=30):
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    sent = {"Authorization": "Bearer " + key, **(headers or {})}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    conn.request(method, parts.path + ("?" + parts.query if parts.query else ""), data, sent)
+    return conn.getresponse()
 """
 
-HAMMER = """
-import json, sys, httpx
+READ_EVENTS = (
+    CLIENT
+    + """
+url, key, last, stop = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+events, current = [], {}
+response = open_("GET", url, key, headers={"Last-Event-ID": last} if last else None)
+assert response.status == 200, (response.status, response.read())
+while True:
+    raw = response.readline()
+    if not raw:
+        break
+    line = raw.decode().rstrip("\\r\\n")
+    if not line:
+        if "id" in current:
+            events.append([current["id"], current.get("event", "message")])
+            if current.get("event") in ("complete", "failed", "cancelled"):
+                break
+            if stop and len(events) >= stop:
+                break
+        current = {}
+    elif not line.startswith(":"):
+        name, _, value = line.partition(":")
+        current[name] = value.strip()
+response.close()
+print(json.dumps(events))
+"""
+)
+
+HAMMER = (
+    CLIENT
+    + """
 url, key, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 codes = {}
-with httpx.Client(headers={"Authorization": "Bearer " + key}, timeout=10) as client:
-    for _ in range(count):
-        code = client.get(url).status_code
-        codes[code] = codes.get(code, 0) + 1
+for _ in range(count):
+    response = open_("GET", url, key, timeout=10)
+    response.read()
+    codes[response.status] = codes.get(response.status, 0) + 1
 print(json.dumps(codes))
 """
+)
 
 
 def python_in(stack: Stack, container: str, script: str, *args: str, timeout: float = 120) -> str:
@@ -89,14 +113,21 @@ def scaled(stack: Stack) -> Iterator[Stack]:
         reload_nginx(stack)
 
 
+SUBMIT = (
+    CLIENT
+    + """
+key, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+body = {"kind": "simulate", "params": {"steps": steps, "delay": delay}}
+response = open_("POST", "http://127.0.0.1:8003/jobs", key, body=body)
+text = response.read().decode()
+assert response.status == 202, (response.status, text)
+print(json.loads(text)["id"])
+"""
+)
+
+
 def submit(stack: Stack, container: str, steps: int, delay: float) -> str:
-    script = (
-        "import sys, httpx; r = httpx.post('http://127.0.0.1:8003/jobs', json={'kind': "
-        "'simulate', 'params': {'steps': int(sys.argv[2]), 'delay': float(sys.argv[3])}}, "
-        "headers={'Authorization': 'Bearer ' + sys.argv[1]}); assert r.status_code == 202, "
-        "r.text; print(r.json()['id'])"
-    )
-    return python_in(stack, container, script, stack.key, str(steps), str(delay)).strip()
+    return python_in(stack, container, SUBMIT, stack.key, str(steps), str(delay)).strip()
 
 
 def test_job_events_resumed_on_the_other_replica_arrive_exactly_once(scaled: Stack) -> None:
@@ -130,31 +161,34 @@ def test_a_rate_limit_is_shared_by_both_replicas(scaled: Stack) -> None:
 
 
 # Holds ``count`` chat streams open (a slow mock answer) until killed; run with exec -d.
-HOLD = """
-import sys, threading, httpx
+HOLD = (
+    CLIENT
+    + """
+import threading
 url, key, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 body = {"model": "mock-fault:tokens=10000,delay=0.5", "stream": True,
         "messages": [{"role": "user", "content": "hold"}]}
 def hold():
-    with httpx.stream("POST", url, json=body, headers={"Authorization": "Bearer " + key},
-                      timeout=600) as response:
-        print(response.status_code, flush=True)
-        for _ in response.iter_bytes():
-            pass
+    response = open_("POST", url, key, body=body, timeout=600)
+    print(response.status, flush=True)
+    while response.read(65536):
+        pass
 threads = [threading.Thread(target=hold) for _ in range(count)]
 for t in threads: t.start()
 for t in threads: t.join()
 """
+)
 
-TRY_STREAM = """
-import sys, httpx
+TRY_STREAM = (
+    CLIENT
+    + """
 url, key = sys.argv[1], sys.argv[2]
 body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-with httpx.stream("POST", url, json=body, headers={"Authorization": "Bearer " + key},
-                  timeout=30) as response:
-    response.read()
-    print(response.status_code)
+response = open_("POST", url, key, body=body)
+response.read()
+print(response.status)
 """
+)
 
 LEASE_SECONDS = 30.0  # sluice.limits.LEASE_SECONDS: a slot's lease, refreshed every third
 
