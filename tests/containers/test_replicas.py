@@ -153,10 +153,21 @@ def test_a_rate_limit_is_shared_by_both_replicas(scaled: Stack) -> None:
     key = scaled.extra_keys[0]
     one = json.loads(python_in(scaled, first, HAMMER, url, key, "70"))
     two = json.loads(python_in(scaled, second, HAMMER, url, key, "70"))
-    ok = one.get("200", 0) + two.get("200", 0)
+    # An admitted request counts even when the upstream then fails it: podman's DNS drops a
+    # query now and then (glibc waits 5 s, the connect timeout), and /v1/models asks the
+    # upstream, so a rare 502/504 is the mock's answer, not the limiter's. The limiter's
+    # decisions are what this test checks: 429s, and only past 120.
+    admitted = {code: n for code, n in (one | two).items() if code != "429"}
+    ok = sum(one.get(c, 0) + two.get(c, 0) for c in admitted)
     limited = one.get("429", 0) + two.get("429", 0)
-    FIGURES["rate_limit"] = f"{ok} admitted, {limited} refused over 2 replicas (limit 120)"
-    assert one == {"200": 70}
+    upstream_failed = ok - one.get("200", 0) - two.get("200", 0)
+    FIGURES["rate_limit"] = (
+        f"{ok} admitted ({upstream_failed} failed upstream), {limited} refused"
+        " over 2 replicas (limit 120)"
+    )
+    assert "429" not in one, one
+    assert set(admitted) <= {"200", "502", "504"}, (one, two)
+    assert upstream_failed <= 5, (one, two)
     assert ok == 120 and limited == 20, (one, two)
 
 
