@@ -8,12 +8,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
 .PHONY: help run test lint typecheck pytest venv system-deps system-deps-test lock clean fmt \
-	compose-smoke loadtest
+	compose-smoke loadtest new-service sync
 
 help:
-	@echo "make run    - the whole stack as local processes, nginx on http://127.0.0.1:8080"
-	@echo "make test   - venv, pinned deps, system packages, ruff, mypy --strict, pytest"
-	@echo "make lock   - re-pin requirements.lock from pyproject.toml"
+	@echo "make run            the whole stack as local processes, nginx on http://127.0.0.1:8080"
+	@echo "make test           venv, pinned deps, system packages, ruff, mypy --strict, pytest"
+	@echo "make lint           ruff: lint and format check"
+	@echo "make fmt            ruff: fix and format what make lint checks"
+	@echo "make typecheck      mypy --strict over services/, dev/ and tests/"
+	@echo "make pytest         the test suite only (PYTEST_ARGS=... to pick)"
+	@echo "make new-service NAME=price-feed   a new service: package, test, compose/k8s/nginx entries"
+	@echo "make sync           rewrite what comes from the services' declarations (nginx, Prometheus)"
+	@echo "make loadtest       a bounded locust run against make run's stack"
+	@echo "make compose-smoke  build the image, docker compose up, deploy/smoke.sh, down"
+	@echo "make lock           re-pin requirements.lock from pyproject.toml"
+	@echo "make venv           the virtualenv with the pinned dependencies"
+	@echo "make system-deps    nginx (make run's); system-deps-test: what make test needs"
+	@echo "make clean          remove the venv, .run/ and the tools' caches"
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -49,16 +60,27 @@ system-deps:
 system-deps-test:
 	$(call install_missing,$(TEST_DEPS))
 
-# Checks every setting first; honcho reads no env file (.env is compose's), see sluice.devstack.
+# Checks every setting first; honcho reads no env file (.env is compose's); says when every
+# service is ready (dev/sluice_dev/stack.py).
 run: venv system-deps
-	@exec $(BIN)/python -m sluice.devstack run
+	@exec $(BIN)/python -m sluice_dev run
+
+# A new service of your own on the core, with its place in compose, k8s, nginx, Prometheus.
+new-service: venv
+	@test -n "$(NAME)" || { echo "usage: make new-service NAME=price-feed"; exit 2; }
+	$(BIN)/python -m sluice_dev new-service $(NAME)
+
+sync: venv
+	$(BIN)/python -m sluice_dev sync
+
+PY_DIRS := services dev tests benchmarks deploy loadtests
 
 lint: venv
-	$(BIN)/ruff check services tests benchmarks deploy loadtests
-	$(BIN)/ruff format --check services tests benchmarks deploy loadtests
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: venv
-	$(BIN)/mypy --strict services/
+	$(BIN)/mypy --strict services/ dev/
 
 pytest: venv system-deps-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -66,8 +88,8 @@ pytest: venv system-deps-test
 test: lint typecheck pytest
 
 fmt: venv
-	$(BIN)/ruff check --fix services tests benchmarks deploy
-	$(BIN)/ruff format services tests benchmarks deploy
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
 
 # requirements.lock: everything make run/test install; requirements-runtime.lock: the image's.
 lock:

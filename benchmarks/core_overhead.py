@@ -20,7 +20,8 @@ import httpx
 from tests.support.procs import free_port, running, start, start_redis, wait_http
 
 from benchmarks.support import cpu_seconds, table
-from sluice import devstack
+from sluice.registry import registry
+from sluice.serve import GUNICORN_CONF
 
 KEY = "sk-bench-0000000000000000000000"
 
@@ -68,7 +69,7 @@ def run_variant(
     }
     proc = start(
         name.replace(" ", "-"),
-        [gunicorn, "-c", str(devstack.GUNICORN_CONF), factory],
+        [gunicorn, "-c", str(GUNICORN_CONF), factory],
         log_dir,
         full_env,
     )
@@ -95,7 +96,7 @@ def main() -> None:
         "SLUICE_MAX_STREAMS_PER_KEY": "1000",
         "SLUICE_SERVICE_NAME": "demo",
     }
-    demo = devstack.SERVICES["demo"].factory
+    demo = registry()["demo"].gunicorn_app
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
         redis = start_redis(log_dir)

@@ -86,7 +86,7 @@ def run_mode(mode: str, logs: Path, redis: Proc) -> list[list[str]]:
     if mode == "redis":
         worker = start(
             f"bench-worker-{time.time_ns()}",
-            [sys.executable, "-m", "progress.worker"],
+            [sys.executable, "-m", "sluice_services.progress.worker"],
             logs,
             {**env, "SLUICE_LOG_LEVEL": "INFO"},
         )

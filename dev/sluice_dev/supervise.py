@@ -1,4 +1,4 @@
-"""``python -m sluice.supervise``: how ``make run`` runs what the services depend on.
+"""``python -m sluice_dev.supervise``: how ``make run`` runs what the services depend on.
 
 honcho ends the whole stack when any one process exits, and stops each with SIGTERM. For
 Redis, Prometheus, the progress worker and nginx that is wrong twice over: one of them
@@ -110,7 +110,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sluice.supervise")
+    parser = argparse.ArgumentParser(prog="python -m sluice_dev.supervise")
     parser.add_argument("--name", required=True)
     parser.add_argument("--stop-signal", default="TERM", choices=["TERM", "QUIT", "INT"])
     parser.add_argument("--kill-after", type=float, default=20.0)

@@ -147,7 +147,7 @@ def _tune_gc(threshold: int) -> None:
     What startup built lives as long as the worker, so it is frozen out of every later
     collection. CPython's young-generation threshold (700 allocations) makes a worker with
     hundreds of open streams collect thousands of times a second, each pass walking every
-    stream's live objects: 7% of chat-proxy's CPU at 200 streams. Refcounting frees almost
+    stream's live objects: 7% of a token proxy's CPU at 200 streams. Refcounting frees almost
     all of it anyway; collections still run, just less often.
     """
     gc.collect()  # what is garbage now would never be collected once frozen

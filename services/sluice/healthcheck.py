@@ -1,5 +1,6 @@
-"""``python -m sluice.healthcheck``: exit 0 when this container's service answers /healthz
-(the job worker: its metrics endpoint). For Docker's HEALTHCHECK, in exec form."""
+"""``python -m sluice.healthcheck``: exit 0 when this container's process answers: a service
+its ``/healthz``, a companion (a job worker) its metrics endpoint. For Docker's HEALTHCHECK,
+in exec form; what runs here is ``SLUICE_SERVICE`` (see ``sluice.registry``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import os
 import sys
 import urllib.request
 
-from sluice.devstack import SERVICES
+from sluice.registry import registry
 
 
 def url(environ: dict[str, str]) -> str:
-    name = environ.get("SLUICE_SERVICE", "")
-    if name == "progress-worker":
-        return f"http://127.0.0.1:{environ.get('SLUICE_PROGRESS_WORKER_METRICS_PORT', '8013')}/"
-    port = environ.get("SLUICE_BIND", "").rpartition(":")[2]
-    if not port and name in SERVICES:
-        port = str(SERVICES[name].port)
-    return f"http://127.0.0.1:{port or 8000}/healthz"
+    try:
+        process = registry().process(environ.get("SLUICE_SERVICE", ""))
+    except KeyError as exc:
+        raise SystemExit(f"SLUICE_SERVICE: {exc.args[0]}") from None
+    if process.companion is not None:
+        port = environ.get(process.companion.port_variable, str(process.companion.metrics_port))
+        return f"http://127.0.0.1:{port}/"
+    port = environ.get("SLUICE_BIND", "").rpartition(":")[2] or str(process.service.port)
+    return f"http://127.0.0.1:{port}/healthz"
 
 
 def main() -> int:

@@ -51,7 +51,7 @@ def body_send(scope: Scope, send: Send) -> Send:
 
     The layers between this middleware and a route (Starlette's exception middleware,
     FastAPI's route wrapper) only look at a response's start, yet wrap every message; on
-    streams of many small chunks those wrappers cost ~6% of chat-proxy's CPU. A stream
+    streams of many small chunks those wrappers cost ~6% of a token proxy's CPU. A stream
     sends its start through every layer and its body chunks here, counting their bytes
     itself. Middleware that must see stream bodies goes outside this one (added after
     ``create_app``). Outside a Sluice app this is ``send`` itself.

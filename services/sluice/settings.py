@@ -3,7 +3,7 @@
 Each service subclasses :class:`CoreSettings` with its own fields; all of them share one
 prefix so a deployment configures every process from one environment. A setting meant for
 one service only is given service-scoped: ``SLUICE_<SERVICE>__<NAME>`` (the service name in
-capitals, ``-`` as ``_``, then two underscores), e.g. ``SLUICE_CHAT_PROXY__PUBLIC_ROUTES=``,
+capitals, ``-`` as ``_``, then two underscores), e.g. ``SLUICE_PRICE_FEED__PUBLIC_ROUTES=``,
 which that service reads in place of ``SLUICE_PUBLIC_ROUTES`` and every other ignores.
 """
 
@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 
 def scope_prefix(service: str) -> str:
-    """The prefix of ``service``'s own settings: ``chat-proxy`` -> ``SLUICE_CHAT_PROXY__``."""
+    """The prefix of ``service``'s own settings: ``price-feed`` -> ``SLUICE_PRICE_FEED__``."""
     return f"SLUICE_{service.upper().replace('-', '_')}__"
 
 
@@ -43,8 +43,8 @@ def field_bounds(field: FieldInfo) -> str | None:
 class ScopedSettings(BaseSettings):
     """Settings read from ``SLUICE_*``, where ``SLUICE_<SERVICE>__*`` wins for that service.
 
-    The service is ``SLUICE_SERVICE_NAME`` (set for every process by ``sluice.devstack`` and
-    the image's entrypoint), else the class's default ``service_name``.
+    The service is ``SLUICE_SERVICE_NAME`` (set for every process by ``sluice.serve``, the
+    image's entrypoint, and by ``make run``), else the class's default ``service_name``.
     """
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)

@@ -61,7 +61,7 @@ class StreamError(Exception):
 
     ``last`` replaces the core's generic ``error`` event (e.g. a proxy's own error frame);
     ``abort=True`` sends nothing more and drops the connection mid-body, as a crashed
-    server would (the mock upstream's reset fault).
+    server would (a fault-injecting test upstream's reset).
     """
 
     def __init__(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from chat_proxy.frames import SseSplitter, data_of
+from sluice_services.chat_proxy.frames import SseSplitter, data_of
 
 
 def test_splitter_holds_partial_events_and_splits_many() -> None:

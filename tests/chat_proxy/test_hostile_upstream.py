@@ -23,10 +23,10 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from chat_proxy.app import create_app
-from chat_proxy.proxy import ChatProxy
-from chat_proxy.settings import ChatSettings
-from chat_proxy.upstream import Upstream
+from sluice_services.chat_proxy.app import create_app
+from sluice_services.chat_proxy.proxy import ChatProxy
+from sluice_services.chat_proxy.settings import ChatSettings
+from sluice_services.chat_proxy.upstream import Upstream
 from tests.chat_proxy.conftest import CALLER_KEY
 from tests.support import asgi
 from tests.support.hostile_upstream import (

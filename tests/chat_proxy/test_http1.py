@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from chat_proxy.http1 import HIGH_WATER, MAX_HEADER_BYTES, Http1Error, Http1Pool
-from chat_proxy.settings import ChatSettings
-from chat_proxy.upstream import UpstreamError, make_upstream
+from sluice_services.chat_proxy.http1 import HIGH_WATER, MAX_HEADER_BYTES, Http1Error, Http1Pool
+from sluice_services.chat_proxy.settings import ChatSettings
+from sluice_services.chat_proxy.upstream import UpstreamError, make_upstream
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.samples import Sample
 
-from chat_proxy.metrics import ITL_BUCKETS, KnownModels, StreamHistogram
+from sluice_services.chat_proxy.metrics import ITL_BUCKETS, KnownModels, StreamHistogram
 
 
 def _samples(histogram: Histogram) -> list[Sample]:

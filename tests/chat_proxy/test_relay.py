@@ -10,12 +10,12 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from chat_proxy.proxy import ChatProxy, Relay
-from chat_proxy.settings import ChatSettings
 from sluice.events import Event
 from sluice.formats import StreamFormat, encode
 from sluice.runtime import Runtime
 from sluice.streaming import StreamError
+from sluice_services.chat_proxy.proxy import ChatProxy, Relay
+from sluice_services.chat_proxy.settings import ChatSettings
 
 pytestmark = pytest.mark.anyio
 

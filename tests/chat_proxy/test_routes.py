@@ -11,10 +11,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from chat_proxy.app import create_app
-from chat_proxy.metrics import TOKENS, UPSTREAM_ERRORS
-from chat_proxy.settings import ChatSettings
-from mock_upstream.routes import mock_text
+from sluice_services.chat_proxy.app import create_app
+from sluice_services.chat_proxy.metrics import TOKENS, UPSTREAM_ERRORS
+from sluice_services.chat_proxy.settings import ChatSettings
+from sluice_services.mock_upstream.routes import mock_text
 from tests.chat_proxy.conftest import CALLER_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ID
 from tests.support import asgi
 from tests.support.procs import Proc, free_port

@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from chat_proxy.frames import CommentTracker, FrameTooLarge, SseSplitter
-from chat_proxy.settings import ChatSettings
-from chat_proxy.upstream import EOF_MAX_BYTES, StallTimer, Upstream, first_chunk
+from sluice_services.chat_proxy.frames import CommentTracker, FrameTooLarge, SseSplitter
+from sluice_services.chat_proxy.settings import ChatSettings
+from sluice_services.chat_proxy.upstream import EOF_MAX_BYTES, StallTimer, Upstream, first_chunk
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,7 @@ import pytest
 from deploy.containers.engine import Engine
 from deploy.containers.stack import Stack, free_port
 
-from sluice import devstack
+from sluice.registry import registry
 from tests.containers.conftest import FIGURES
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
@@ -81,12 +81,13 @@ def test_every_service_starts_with_a_read_only_root_and_answers_healthz(
     network = stack.engine.project_objects(stack.project)["network"][0]
     started: dict[str, tuple[str, str]] = {}
     try:
-        for name in [*devstack.SERVICES, "progress-worker"]:
-            port = devstack.SERVICES[name].port if name in devstack.SERVICES else 8013
+        for name, process in registry().processes.items():
+            companion = process.companion
+            port = companion.metrics_port if companion else process.service.port
             host_port = free_port()
             container = f"{stack.project}-image-{name}"
             env = ["-e", f"SLUICE_SERVICE={name}", "-e", f"SLUICE_API_KEYS={KEY}"]
-            if name == "progress-worker":
+            if companion is not None and companion.needs_redis:
                 env += ["-e", "SLUICE_REDIS_URL=redis://redis:6379/0", "--network", network]
             engine.command(
                 "run",

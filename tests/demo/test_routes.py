@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from demo.app import create_app
-from demo.routes import TOY_MESSAGES
-from demo.settings import DemoSettings
+from sluice_services.demo.app import create_app
+from sluice_services.demo.routes import TOY_MESSAGES
+from sluice_services.demo.settings import DemoSettings
 from tests.support import asgi
 
 pytestmark = pytest.mark.anyio

@@ -6,23 +6,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from chat_proxy.settings import ChatSettings
-from demo.settings import DemoSettings
-from log_tail.settings import LogTailSettings
-from mock_upstream.settings import MockSettings
-from progress.settings import ProgressSettings
-from sluice import devstack
+from sluice import serve
+from sluice.registry import registry
 from sluice.settings import CoreSettings, ServerSettings, field_bounds, scope_prefix
+from sluice_dev import check, stack
+from tests.support.paths import ROOT
 
-ROOT = devstack.ROOT
 SETTINGS = (
     CoreSettings,
     ServerSettings,
-    DemoSettings,
-    ChatSettings,
-    MockSettings,
-    ProgressSettings,
-    LogTailSettings,
+    *(check.settings_class(service.settings) for service in registry()),
 )
 NAME = re.compile(r"\bSLUICE_[A-Z0-9_]+\b")
 
@@ -38,20 +31,33 @@ def deploy_names() -> set[str]:
     names = set(NAME.findall(template)) | {"SLUICE_SERVICE"}
     names |= set(NAME.findall((ROOT / "deploy" / "smoke.sh").read_text()))
     names |= set(NAME.findall((ROOT / "loadtests" / "locustfile.py").read_text()))
-    names |= {f"{s.env_prefix}_PORT" for s in devstack.SERVICES.values()}
+    # make run's own (the dev group), and the names they had until this release
+    dev = ["NGINX", "REDIS", "PROMETHEUS", *(s.env_prefix[7:] for s in registry())]
+    names |= {f"SLUICE_DEV_{name}_PORT" for name in dev} | {"SLUICE_DEV_REDIS"}
+    names |= {"SLUICE_DEV_"}  # the group's prefix, as the README's table names it
+    # the README's walkthrough service (tests/e2e/test_new_service.py runs it): its dev port
+    names |= {f"SLUICE_DEV_{example_service().upper().replace('-', '_')}_PORT"}
+    names |= {f"{s.env_prefix}_PORT" for s in registry()}
     names |= {
         "SLUICE_NGINX_PORT",
         "SLUICE_LOCAL_REDIS_PORT",
         "SLUICE_PROGRESS_MODE",
         "SLUICE_PROMETHEUS_PORT",
     }
+    names |= {c.port_variable for s in registry() for c in s.companions}
     return names
+
+
+def example_service() -> str:
+    """The service the README's "Add your own streaming service" generates."""
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("make new-service NAME=", 1)[1].split()[0]
 
 
 def unscoped(name: str) -> str:
     """``SLUICE_CHAT_PROXY__PUBLIC_ROUTES`` -> ``SLUICE_PUBLIC_ROUTES``; an unknown scope or a
     name without one is returned as it is (and is then unknown)."""
-    for service in [*devstack.SERVICES, "progress-worker"]:
+    for service in [*registry().processes, example_service()]:
         prefix = scope_prefix(service)
         if name.startswith(prefix):
             return "SLUICE_" + name[len(prefix) :]
@@ -139,5 +145,6 @@ def test_the_image_copies_what_the_entrypoint_runs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY deploy/gunicorn.conf.py /app/deploy/gunicorn.conf.py" in dockerfile
     assert 'ENTRYPOINT ["python", "-m", "sluice.serve"]' in dockerfile
-    assert devstack.GUNICORN_CONF == ROOT / "deploy" / "gunicorn.conf.py"
-    assert Path(devstack.__file__).parent.parent.name == "services"
+    assert serve.GUNICORN_CONF == ROOT / "deploy" / "gunicorn.conf.py"
+    assert Path(serve.__file__).parent.parent.name == "services"
+    assert stack.__name__ == "sluice_dev.stack"  # dev tooling: not under services/

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from deploy.containers import kube
 
-from sluice import devstack
+from sluice.registry import registry
+from tests.support.paths import ROOT
 
 Doc = dict[str, Any]
 ANY = "*"  # a peer-less rule: from anywhere
@@ -100,10 +101,12 @@ def test_network_policies_allow_exactly_what_the_stack_needs(docs: list[Doc]) ->
         and not p["spec"].get("ingress")
         for p in policies
     ), "no default-deny ingress policy"
-    services = {name: service.port for name, service in devstack.SERVICES.items()}
+    services = {service.name: service.port for service in registry()}
     public = {"demo", "chat-proxy", "progress", "log-tail"}
     redis_clients = {"demo", "chat-proxy", "progress", "progress-worker", "log-tail"}
-    metrics = {**services, "progress-worker": 8013}
+    metrics = dict(services)
+    for service in registry():
+        metrics |= {c.name: c.metrics_port for c in service.companions}
     expected = {(ANY, "nginx", 8080)}
     expected |= {("nginx", name, services[name]) for name in public}
     expected |= {(name, "redis", 6379) for name in redis_clients}
@@ -115,9 +118,9 @@ def test_network_policies_allow_exactly_what_the_stack_needs(docs: list[Doc]) ->
 
 
 def test_the_nginx_configmap_is_the_template_compose_mounts(docs: list[Doc]) -> None:
-    template = (devstack.ROOT / "nginx" / "templates" / "sluice.conf.template").read_text()
+    template = (ROOT / "nginx" / "templates" / "sluice.conf.template").read_text()
     maps = [d for d in docs if d["kind"] == "ConfigMap" and "sluice.conf.template" in d["data"]]
     assert len(maps) == 1
     assert maps[0]["data"]["sluice.conf.template"] == template
-    compose = (devstack.ROOT / "compose.yaml").read_text()
+    compose = (ROOT / "compose.yaml").read_text()
     assert "./nginx/templates:/etc/nginx/templates:ro" in compose

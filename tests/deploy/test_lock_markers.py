@@ -10,9 +10,9 @@ from importlib.metadata import PackageNotFoundError, distribution
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from sluice import devstack
+from tests.support.paths import ROOT
 
-LOCK = devstack.ROOT / "requirements-runtime.lock"
+LOCK = ROOT / "requirements-runtime.lock"
 # The interpreters `requires-python = ">=3.11"` admits that matter for markers: each
 # python_full_version bound a pinned package's metadata names, either side, and later minors.
 PYTHONS = ("3.11.0", "3.11.2", "3.11.3", "3.11.14", "3.12.0", "3.13.0", "3.14.0")

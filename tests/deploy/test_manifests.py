@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from sluice import devcheck, devstack
+from sluice.registry import registry
 from sluice.settings import ServerSettings
+from sluice_dev import check
+from tests.support.paths import ROOT
 
-ROOT = devstack.ROOT
 BIN = Path(sys.executable).parent
 DRAIN_WINDOW = 10
 GRACEFUL = 15
@@ -217,9 +218,7 @@ def test_compose_services_are_healthy_gated_and_drain(compose: dict[str, Any]) -
 def test_compose_and_k8s_start_only_services_the_entrypoint_knows(
     compose: dict[str, Any], workdir: Path
 ) -> None:
-    from sluice.serve import WORKER
-
-    known = {*devstack.SERVICES, WORKER}
+    known = set(registry().processes)
     in_compose = {
         s["environment"]["SLUICE_SERVICE"]
         for s in compose["services"].values()
@@ -237,15 +236,12 @@ def test_compose_and_k8s_start_only_services_the_entrypoint_knows(
 # -- a key of one's own; settings scoped to one service (issue 13, items 20 and 23) ----------
 def settings_of(env: dict[str, str]) -> Any:
     """The settings a container with ``env`` gets, through the image's entrypoint."""
-    from sluice.serve import WORKER, command
+    from sluice.serve import command
 
     _, extra = command(env)
-    name = env["SLUICE_SERVICE"]
-    path = (
-        "progress.settings:ProgressSettings" if name == WORKER else devstack.SERVICES[name].settings
-    )
-    with devcheck.environment({**env, **extra}):
-        return devcheck.settings_class(path)()
+    path = registry().process(env["SLUICE_SERVICE"]).service.settings
+    with check.environment({**env, **extra}):
+        return check.settings_class(path)()
 
 
 def compose_project(tmp_path: Path, env_file: str) -> Path:
@@ -278,9 +274,9 @@ def test_a_scoped_setting_reaches_only_its_service_in_compose(tmp_path: Path) ->
     assert found["chat-proxy"][1].public_routes == ""
     for name in ("demo", "progress", "progress-worker", "log-tail", "mock-upstream"):
         assert found[name][1].public_routes is None, name
-    with devcheck.environment({**found["demo"][0], "SLUICE_SERVICE_NAME": "demo"}):
+    with check.environment({**found["demo"][0], "SLUICE_SERVICE_NAME": "demo"}):
         assert ServerSettings().workers == 3  # gunicorn's settings are scoped too
-    with devcheck.environment({**found["chat-proxy"][0], "SLUICE_SERVICE_NAME": "chat-proxy"}):
+    with check.environment({**found["chat-proxy"][0], "SLUICE_SERVICE_NAME": "chat-proxy"}):
         assert ServerSettings().workers == 2
     for name in ("demo", "chat-proxy", "progress", "progress-worker", "log-tail"):
         assert found[name][0]["SLUICE_API_KEYS"] == KEY, name

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from sluice import devstack
+from sluice.registry import registry
+from sluice_dev import prometheus, stack
+from sluice_dev.project import Project
+from tests.support.paths import ROOT
 
-PROM = devstack.PROMETHEUS_DIR
+PROJECT = Project.at(ROOT)
+PROM = PROJECT.prometheus_dir
 
 
 def promtool(*args: str, cwd: Path = PROM) -> str:
@@ -40,16 +44,17 @@ def test_rules_check_and_every_alert_is_unit_tested() -> None:
 
 
 def test_compose_config_is_the_one_source_rendered(tmp_path: Path) -> None:
-    assert (PROM / "prometheus.compose.yml").read_text() == devstack.compose_prometheus_config()
+    compose = prometheus.compose_config(registry())
+    assert (PROM / "prometheus.compose.yml").read_text() == compose
     assert "SUCCESS" in promtool("check", "config", "prometheus.compose.yml")
 
 
 def test_make_run_writes_a_valid_local_config(tmp_path: Path) -> None:
-    devstack.prepare(tmp_path, {})
+    stack.prepare(tmp_path, {}, PROJECT)
     config = tmp_path / "prometheus" / "prometheus.yml"
     assert "SUCCESS" in promtool("check", "config", str(config), cwd=tmp_path)
     text = config.read_text()
-    for service in devstack.SERVICES.values():
+    for service in registry():
         assert f"127.0.0.1:{service.port}" in text
     assert "prometheus: " in (tmp_path / "Procfile").read_text()
 
@@ -58,13 +63,13 @@ def test_k8s_flavour_matches_what_the_manifests_put_on_pods(tmp_path: Path) -> N
     """Debian's promtool is built without Kubernetes discovery, so this flavour is checked by
     its source and against the rendered pods: every annotation and label it keys on is set."""
     text = (PROM / "prometheus.k8s.yml").read_text()
-    assert text == devstack.k8s_prometheus_config()
+    assert text == prometheus.k8s_config()
     config = yaml.safe_load(text)
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "sluice"
     used = {s for rule in job["relabel_configs"] for s in rule["source_labels"]}
-    shutil.copytree(devstack.ROOT / "k8s", tmp_path / "k8s")
-    shutil.copytree(devstack.ROOT / "nginx", tmp_path / "nginx")
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    shutil.copytree(ROOT / "nginx", tmp_path / "nginx")
     for overlay in ("dev", "prod"):
         folder = tmp_path / "k8s" / "overlays" / overlay
         shutil.copy(folder / "secrets.env.example", folder / "secrets.env")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from mock_upstream.routes import mock_text
+from sluice_services.mock_upstream.routes import mock_text
 from tests.chat_proxy.conftest import UPSTREAM_KEY
 from tests.support.procs import Proc, running, start_nginx, start_service, worker_pids
 

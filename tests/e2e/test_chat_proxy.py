@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from mock_upstream.routes import mock_text
+from sluice_services.mock_upstream.routes import mock_text
 from tests.chat_proxy.conftest import CALLER_KEY, UPSTREAM_KEY
 from tests.support.metrics import value, wait_for
 from tests.support.procs import Proc, running, start_nginx, start_service

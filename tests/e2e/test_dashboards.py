@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from sluice import devstack
 from tests.support.metrics import wait_for
+from tests.support.paths import ROOT
 from tests.support.procs import (
     Proc,
     free_port,
@@ -32,7 +32,7 @@ from tests.support.procs import (
     worker_pids,
 )
 
-DASHBOARDS = sorted((devstack.ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 KEY = "sk-e2e-dashboards-00000000000000001"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 VARIABLES = {"$__rate_interval": "30s", "$__range": "10m", "$service": ".*", "$model": ".*"}
@@ -44,9 +44,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_dashboards_are_well_formed() -> None:
-    provisioned = (
-        devstack.ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
-    ).read_text()
+    provisioned = (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     assert "uid: sluice-prometheus" in provisioned
     assert {p.stem for p in DASHBOARDS} == {"overview", "chat-proxy", "progress", "log-tail"}
     uids = [load(p)["uid"] for p in DASHBOARDS]
@@ -147,7 +145,12 @@ def test_every_panel_query_returns_data(log_dir: Path, redis_server: Proc, tmp_p
         "SLUICE_PROGRESS_WORKER_METRICS_PORT": str(worker_port),
     }
     progress = start_service("progress", log_dir, progress_env, workers=1)
-    worker = start("dash-worker", [sys.executable, "-m", "progress.worker"], log_dir, progress_env)
+    worker = start(
+        "dash-worker",
+        [sys.executable, "-m", "sluice_services.progress.worker"],
+        log_dir,
+        progress_env,
+    )
     log_tail = start_service(
         "log-tail",
         log_dir,

@@ -11,8 +11,10 @@ import httpx
 import httpx_sse
 import pytest
 
-from sluice import devstack
+from sluice.registry import registry
+from sluice_dev import nginx
 from tests.support.metrics import value, wait_for
+from tests.support.paths import ROOT
 from tests.support.procs import Proc
 
 
@@ -127,14 +129,13 @@ def test_access_log_is_json_without_query_strings(front_door: Proc) -> None:
 
 
 def test_shipped_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
-    conf = devstack.write_nginx(
+    conf = nginx.write(
+        ROOT / "nginx",
         tmp_path / "nginx",
         "127.0.0.1:8080",
-        {name: f"127.0.0.1:{s.port}" for name, s in devstack.SERVICES.items()},
+        {s.name: f"127.0.0.1:{s.port}" for s in registry().public()},
     )
-    out = subprocess.run(
-        [*devstack.nginx_command(conf), "-t"], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run([*nginx.command(conf), "-t"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "test is successful" in out.stderr
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sluice import devstack
+from tests.support.paths import ROOT
 from tests.support.procs import start_local_stack
 
-sys.path.insert(0, str(devstack.ROOT / "loadtests"))  # loadtests/ is not a package
+sys.path.insert(0, str(ROOT / "loadtests"))  # loadtests/ is not a package
 from processes import is_gunicorn
 
 
@@ -57,7 +57,7 @@ def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
             [
                 str(Path(sys.executable).parent / "locust"),
                 "-f",
-                str(devstack.ROOT / "loadtests" / "locustfile.py"),
+                str(ROOT / "loadtests" / "locustfile.py"),
                 "--headless",
                 "--host",
                 base,

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import httpx
 
-from sluice import devstack
 from sluice.handoff import children
-from tests.support.procs import start_local_stack
+from tests.support.paths import ROOT
+from tests.support.procs import READY, start_local_stack
 
 DEMO_DRAIN_WINDOW = 9  # longer than honcho's own 5 s before SIGKILL
 
 
 def readme_block(section: str, language: str) -> str:
     """The first ```language block after the README heading ``section``."""
-    readme = (devstack.ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     rest = readme[readme.index(f"\n{section}\n") :]
     start = rest.index(f"```{language}\n") + len(language) + 4
     return rest[start : rest.index("```", start)]
@@ -68,7 +68,7 @@ def follow(url: str, key: str, seen: list[str]) -> None:
 
 def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: Path) -> None:
     # compose's .env, made as the README's compose steps make it: make run must not read it
-    (tmp_path / ".env").write_text((devstack.ROOT / ".env.example").read_text())
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
     with (tmp_path / ".env").open("a") as env_file:
         env_file.write("SLUICE_API_KEYS=sk-change-me-before-use\nSLUICE_DEMO_TOY_DELAY=30\n")
     scoped = {
@@ -80,8 +80,18 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
     streams: list[threading.Thread] = []
     seen: list[str] = []
     try:
-        assert "progress: Redis mode" in printed
-        assert base in printed
+        # The moment it says it is ready, every service answers through nginx: no 502 while
+        # a worker boots (each route at once, no retry), and the line has the URL and key.
+        for route in ("/dummy-counter", "/chat-stream?prompt=hi", "/progress", "/logs"):
+            auth = {"Authorization": f"Bearer {key}"}
+            with httpx.stream("GET", f"{base}{route}", headers=auth, timeout=10) as answer:
+                assert answer.status_code == 200, (route, answer.status_code, answer.read())
+        ready = next(line for line in printed.splitlines() if line.startswith(READY))
+        assert base in ready and key in ready, ready
+        boot = printed.index(READY)
+        assert '"msg": "service started"' not in printed[:boot]  # the logs come below it
+        assert '"msg": "service started"' in printed[boot:]
+        assert "(used by progress)" in printed and "Redis: redis://127.0.0.1:" in printed
         with httpx.stream("GET", f"{base}/toy-stream", timeout=10) as response:
             lines = response.iter_lines()
             assert next(lines) == "Starting stream..."
@@ -129,7 +139,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         assert "event: complete" in events
         # The README's examples, as deploy/smoke.sh (and `make compose-smoke`) runs them.
         smoke = subprocess.run(
-            [str(devstack.ROOT / "deploy" / "smoke.sh"), base],
+            [str(ROOT / "deploy" / "smoke.sh"), base],
             env={**os.environ, "SLUICE_SMOKE_KEY": key},
             capture_output=True,
             text=True,
@@ -144,7 +154,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
             httpx.get(f"{base}{marker}")
             assert any(marker in next(lines) for _ in range(5))
         # Redis dies: the stack stays up, progress says it is unready, Redis comes back.
-        progress = f"http://127.0.0.1:{stack.env['SLUICE_PROGRESS_PORT']}/readyz"
+        progress = f"http://127.0.0.1:{stack.env['SLUICE_DEV_PROGRESS_PORT']}/readyz"
         redis = [p for p in descendants(stack.proc.pid) if command_of(p) == "redis-server"]
         assert len(redis) == 1, redis
         os.kill(redis[0], signal.SIGKILL)
@@ -169,7 +179,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         assert "event: complete" in events  # the progress worker is back at work too
         # Streams open at Ctrl-C, through nginx and straight to demo: each must be drained
         # (its reconnect hint) within demo's 9 s window, not killed at honcho's 5 s.
-        demo = f"http://127.0.0.1:{stack.env['SLUICE_DEMO_PORT']}"
+        demo = f"http://127.0.0.1:{stack.env['SLUICE_DEV_DEMO_PORT']}"
         for url in [f"{base}/dummy-events"] * 6 + [f"{demo}/dummy-events"] * 2:
             streams.append(threading.Thread(target=follow, args=(url, key, seen), daemon=True))
             streams[-1].start()

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from sluice import devstack
 from tests.support.metrics import wait_for
+from tests.support.paths import ROOT
 from tests.support.procs import Proc, start, start_nginx, start_redis, start_service
 
 KEY = "sk-e2e-progress-000000000000000001"
@@ -45,7 +45,7 @@ class Stack:
     def start_worker(self) -> Proc:
         proc = start(
             f"progress-worker-{time.time_ns()}",
-            [sys.executable, "-m", "progress.worker"],
+            [sys.executable, "-m", "sluice_services.progress.worker"],
             self.log_dir,
             self.env,
         )
@@ -238,7 +238,7 @@ def test_a_kind_that_allows_retries_runs_again_after_its_worker_dies(stack: Stac
 
 
 def readme_progress_block() -> str:
-    readme = (devstack.ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("\n## progress\n") :]
     return section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh"))]
 

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from chat_proxy.schema import ChatCompletionRequest
+from sluice_services.chat_proxy.schema import ChatCompletionRequest
 
 SEED = 13  # one fixed seed, derandomized generation and no example database: CI repeats a run
 REQUEST_TIMEOUT = 2.0

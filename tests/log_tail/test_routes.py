@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from log_tail.app import create_app
-from log_tail.settings import LogTailSettings
+from sluice_services.log_tail.app import create_app
+from sluice_services.log_tail.settings import LogTailSettings
 from tests.support import asgi
 
 pytestmark = pytest.mark.anyio

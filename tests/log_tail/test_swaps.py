@@ -17,12 +17,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from log_tail import files
-from log_tail.app import create_app
-from log_tail.files import Refused, check_path, open_checked, open_folder, parse_files
-from log_tail.metrics import REFUSALS, ROTATIONS
-from log_tail.settings import LogTailSettings
-from log_tail.tailer import Follower, Item, Line, Notice, Tailer
+from sluice_services.log_tail import files
+from sluice_services.log_tail.app import create_app
+from sluice_services.log_tail.files import (
+    Refused,
+    check_path,
+    open_checked,
+    open_folder,
+    parse_files,
+)
+from sluice_services.log_tail.metrics import REFUSALS, ROTATIONS
+from sluice_services.log_tail.settings import LogTailSettings
+from sluice_services.log_tail.tailer import Follower, Item, Line, Notice, Tailer
 from tests.log_tail.swaps import MARK, REAL, SWAPS, Layout, Swap, layout, leaks
 from tests.support import asgi
 from tests.support.logs import captured

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from log_tail.files import ConfigError, Refused, open_checked, parse_files
-from log_tail.metrics import LINES_READ
-from log_tail.tailer import Follower, Line, Notice, Tailer
+from sluice_services.log_tail.files import ConfigError, Refused, open_checked, parse_files
+from sluice_services.log_tail.metrics import LINES_READ
+from sluice_services.log_tail.tailer import Follower, Line, Notice, Tailer
 
 pytestmark = pytest.mark.anyio
 

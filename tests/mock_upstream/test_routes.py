@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from mock_upstream.app import create_app
-from mock_upstream.faults import FaultSpecError, parse_faults
-from mock_upstream.routes import mock_text
-from mock_upstream.settings import MockSettings
+from sluice_services.mock_upstream.app import create_app
+from sluice_services.mock_upstream.faults import FaultSpecError, parse_faults
+from sluice_services.mock_upstream.routes import mock_text
+from sluice_services.mock_upstream.settings import MockSettings
 from tests.support import asgi
 
 pytestmark = pytest.mark.anyio

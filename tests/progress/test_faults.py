@@ -19,11 +19,11 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from progress.app import create_app
-from progress.model import Job
-from progress.redis_store import RedisStore
-from progress.runner import Timing, execute, reap
-from progress.settings import ProgressSettings
+from sluice_services.progress.app import create_app
+from sluice_services.progress.model import Job
+from sluice_services.progress.redis_store import RedisStore
+from sluice_services.progress.runner import Timing, execute, reap
+from sluice_services.progress.settings import ProgressSettings
 from tests.support import asgi
 from tests.support.metrics import wait_for
 from tests.support.procs import Proc, running, start, start_redis
@@ -302,7 +302,10 @@ async def test_redis_killed_mid_job_then_restarted_api_503s_then_state_is_consis
         "SLUICE_PROGRESS_WORKER_METRICS_PORT": "0",
     }
     worker = start(
-        f"progress-worker-{port}", [sys.executable, "-m", "progress.worker"], log_dir, env
+        f"progress-worker-{port}",
+        [sys.executable, "-m", "sluice_services.progress.worker"],
+        log_dir,
+        env,
     )
     wait_for(lambda: "job worker started" in worker.log(), 20, what="job worker up")
     try:

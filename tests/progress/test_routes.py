@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from progress.app import create_app
-from progress.kinds import CHUNK
-from progress.settings import ProgressSettings
+from sluice_services.progress.app import create_app
+from sluice_services.progress.kinds import CHUNK
+from sluice_services.progress.settings import ProgressSettings
 from tests.support import asgi
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from progress.model import Job
-from progress.redis_store import RedisStore
-from progress.store import Fenced, JobStore, MemoryStore, final_changes, final_data
+from sluice_services.progress.model import Job
+from sluice_services.progress.redis_store import RedisStore
+from sluice_services.progress.store import Fenced, JobStore, MemoryStore, final_changes, final_data
 from tests.support.procs import Proc
 
 pytestmark = pytest.mark.anyio

@@ -8,13 +8,13 @@ import random
 import pytest
 from pydantic import SecretStr
 
-from demo.app import create_app as demo_app
-from demo.settings import DemoSettings
-from mock_upstream.app import create_app as mock_app
-from mock_upstream.settings import MockSettings
-from progress.app import create_app as progress_app
-from progress.settings import ProgressSettings
 from sluice.body import MAX_DEPTH, BodyError, parse_json, parse_json_object
+from sluice_services.demo.app import create_app as demo_app
+from sluice_services.demo.settings import DemoSettings
+from sluice_services.mock_upstream.app import create_app as mock_app
+from sluice_services.mock_upstream.settings import MockSettings
+from sluice_services.progress.app import create_app as progress_app
+from sluice_services.progress.settings import ProgressSettings
 from tests.support import asgi
 
 pytestmark = pytest.mark.anyio

@@ -8,26 +8,29 @@ import sys
 
 import pytest
 
-from sluice import devstack
 from sluice.healthcheck import url
-from sluice.serve import command
+from sluice.registry import registry
+from sluice.serve import GUNICORN_CONF, command
 from tests.support.procs import Proc, free_port, running, start, wait_http
 
 
-@pytest.mark.parametrize("name", list(devstack.SERVICES))
+@pytest.mark.parametrize("name", list(registry().services))
 def test_every_service_runs_under_the_shared_gunicorn_config(name: str) -> None:
     argv, env = command({"SLUICE_SERVICE": name})
-    assert argv[1:3] == ["-c", str(devstack.GUNICORN_CONF)]
-    assert argv[3] == devstack.SERVICES[name].factory
+    assert argv[1:3] == ["-c", str(GUNICORN_CONF)]
+    assert argv[3] == registry()[name].gunicorn_app
     assert env == {
         "SLUICE_SERVICE_NAME": name,
-        "SLUICE_BIND": f"0.0.0.0:{devstack.SERVICES[name].port}",
+        "SLUICE_BIND": f"0.0.0.0:{registry()[name].port}",
     }
 
 
 def test_the_worker_and_unknown_names() -> None:
-    assert command({"SLUICE_SERVICE": "progress-worker"})[0][1:] == ["-m", "progress.worker"]
-    with pytest.raises(SystemExit, match="not one of: demo, chat-proxy"):
+    assert command({"SLUICE_SERVICE": "progress-worker"})[0][1:] == [
+        "-m",
+        "sluice_services.progress.worker",
+    ]
+    with pytest.raises(SystemExit, match="not one of: chat-proxy, demo, log-tail"):
         command({"SLUICE_SERVICE": "nope"})
 
 

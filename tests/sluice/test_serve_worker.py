@@ -112,6 +112,8 @@ def test_make_runs_worker_stays_on_loopback(
     log_dir: Path, redis_server: Proc, tmp_path: Path
 ) -> None:
     """make run starts ``python -m progress.worker`` itself: the setting's default holds."""
-    stack = WorkerStack(log_dir, redis_server.extra["url"], tmp_path / "m", "progress.worker")
+    stack = WorkerStack(
+        log_dir, redis_server.extra["url"], tmp_path / "m", "sluice_services.progress.worker"
+    )
     with running(stack.worker, stack.api):
         assert listening_address(stack.metrics_port) == "127.0.0.1"

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from sluice import devstack
 from sluice.handoff import children
+from sluice.registry import registry
+from sluice.serve import gunicorn_command
+from sluice_dev import nginx, prometheus, stack
+from sluice_dev.project import Project
+from tests.support.paths import ROOT
+
+PROJECT = Project.at(ROOT)
 
 
 def free_port() -> int:
@@ -70,7 +76,7 @@ def start(
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
-        cwd=devstack.ROOT,
+        cwd=ROOT,
     )
     handle.close()
     return Proc(name, popen, log_path)
@@ -95,9 +101,9 @@ def start_service(
     name: str, log_dir: Path, env: Mapping[str, str] | None = None, workers: int = 2
 ) -> Proc:
     """One service under real gunicorn with uvicorn workers, as make run starts it."""
-    service = devstack.SERVICES[name]
+    service = registry()[name]
     port = free_port()
-    argv, service_env = devstack.service_command(service, f"127.0.0.1:{port}")
+    argv, service_env = gunicorn_command(service, f"127.0.0.1:{port}")
     # A port is free again once its process is gone: a later service may get it, so the
     # folder is made unique, not named by the port alone.
     metrics_dir = Path(tempfile.mkdtemp(prefix=f"metrics-{name}-{port}-", dir=log_dir))
@@ -126,9 +132,9 @@ def start_nginx(upstreams: Mapping[str, str], log_dir: Path) -> Proc:
     port = free_port()
     prefix = log_dir / f"nginx-{port}"
     closed = f"127.0.0.1:{free_port()}"
-    every = {name: upstreams.get(name, closed) for name in devstack.SERVICES}
-    conf = devstack.write_nginx(prefix, f"127.0.0.1:{port}", every)
-    proc = start(f"nginx-{port}", devstack.nginx_command(conf), log_dir)
+    every = {s.name: upstreams.get(s.name, closed) for s in registry().public()}
+    conf = nginx.write(PROJECT.nginx_dir, prefix, f"127.0.0.1:{port}", every)
+    proc = start(f"nginx-{port}", nginx.command(conf), log_dir)
     proc.port = port
     proc.extra["access_log"] = str(prefix / "access.log")
     wait_http(f"{proc.url}/healthz", proc)
@@ -177,13 +183,9 @@ def start_prometheus(targets: Mapping[str, str], log_dir: Path, interval: str = 
     port = free_port()
     folder = log_dir / f"prometheus-{port}"
     folder.mkdir()
-    rules = devstack.PROMETHEUS_DIR / "rules" / "sluice.yml"
-    (folder / "prometheus.yml").write_text(
-        devstack.prometheus_config(targets, str(rules), interval)
-    )
-    argv = devstack.prometheus_command(folder.parent, f"127.0.0.1:{port}")
+    (folder / "prometheus.yml").write_text(prometheus.config(targets, str(PROJECT.rules), interval))
+    argv = prometheus.command(folder, f"127.0.0.1:{port}")
     assert argv is not None, "prometheus is not installed"
-    argv = [a.replace(str(folder.parent / "prometheus"), str(folder)) for a in argv]
     proc = start(f"prometheus-{port}", argv, log_dir)
     proc.port = port
     wait_http(f"{proc.url}/-/ready", proc)
@@ -205,40 +207,38 @@ class LocalStack:
         return self.proc.popen.wait(30)
 
 
-STACK_PORTS = (
-    "NGINX",
-    "DEMO",
-    "CHAT_PROXY",
-    "PROGRESS",
-    "LOG_TAIL",
-    "MOCK_UPSTREAM",
-    "LOCAL_REDIS",
-    "PROMETHEUS",
-)
+STACK_PORTS = ("NGINX", "REDIS", "PROMETHEUS", *(s.env_prefix[7:] for s in registry()))
+READY = "Sluice is ready: "
 
 
 def start_local_stack(
     run_dir: Path, log_dir: Path, extra: Mapping[str, str] | None = None
 ) -> LocalStack:
-    env = {f"SLUICE_{name}_PORT": str(free_port()) for name in STACK_PORTS}
+    """``python -m sluice_dev start`` as make run runs it, on free ports; returned once it
+    has said it is ready (and not before: what it says must be true when it says it)."""
+    env = {f"SLUICE_DEV_{name}_PORT": str(free_port()) for name in STACK_PORTS}
     env["SLUICE_PROGRESS_WORKER_METRICS_PORT"] = "0"
     env.update(extra or {})
-    printed = devstack.prepare(run_dir, env)
+    printed = stack.prepare(run_dir, env, PROJECT)
     key = (run_dir / "dev-api-key").read_text().strip()
-    # make run's own start (honcho, no env file); run_dir stands for the app root (.env's home)
-    start_argv = [sys.executable, "-m", "sluice.devstack", "start", "--run-dir", str(run_dir)]
+    # make run's own start (honcho, no env file); run_dir stands for the project (.env's home)
+    start_argv = [sys.executable, "-m", "sluice_dev", "--project-dir", str(ROOT), "start"]
     proc = start(
-        f"stack-{env['SLUICE_NGINX_PORT']}",
-        [*start_argv, "--app-root", str(run_dir)],
+        f"stack-{env['SLUICE_DEV_NGINX_PORT']}",
+        [*start_argv, "--run-dir", str(run_dir)],
         log_dir,
         env,
     )
-    stack = LocalStack(proc, env, key, f"http://127.0.0.1:{env['SLUICE_NGINX_PORT']}", printed)
+    base = f"http://127.0.0.1:{env['SLUICE_DEV_NGINX_PORT']}"
+    local = LocalStack(proc, env, key, base, printed)
     try:
-        for name in ("DEMO", "CHAT_PROXY", "PROGRESS", "LOG_TAIL", "MOCK_UPSTREAM"):
-            wait_http(f"http://127.0.0.1:{env[f'SLUICE_{name}_PORT']}/readyz", proc, timeout=30)
-        wait_http(f"{stack.base}/healthz", proc, timeout=10)
+        deadline = time.monotonic() + stack.READY_TIMEOUT + 10
+        while READY not in proc.log():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the stack never said it was ready:\n{proc.log()}")
+            time.sleep(0.05)
+        local.printed += proc.log()
     except BaseException:
-        stack.stop()
+        local.stop()
         raise
-    return stack
+    return local

@@ -1,1 +1,20 @@
-"""chat-proxy: OpenAI-compatible token streaming in front of any OpenAI-compatible upstream."""
+"""chat-proxy: OpenAI-compatible token streaming to a model server (the mock one under make run).
+
+``/v1/*`` needs a key; the seed's ``/chat-stream`` is public unless ``SLUICE_PUBLIC_ROUTES``
+says otherwise (set it empty in front of a paid model).
+"""
+
+from sluice.registry import Service
+
+SERVICE = Service(
+    name="chat-proxy",
+    title="Sluice chat-proxy",
+    app="sluice_services.chat_proxy.app:create_app",
+    settings="sluice_services.chat_proxy.settings:ChatSettings",
+    examples=("/chat-stream?prompt=Tell+a+story", "/v1/models"),
+    port=8002,
+    routes=("/v1/", "/chat-stream"),
+    public_routes=("/chat-stream",),
+    keepalive=128,
+    dev_env={"SLUICE_UPSTREAM_BASE_URL": "http://{mock-upstream}/v1"},
+)

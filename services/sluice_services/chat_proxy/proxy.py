@@ -17,8 +17,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from chat_proxy.frames import FrameTooLarge, SseSplitter, data_of
-from chat_proxy.metrics import (
+from sluice.errors import ApiError
+from sluice.events import Event
+from sluice.limits import caller_key
+from sluice.logs import request_id_var
+from sluice.request_context import request_info
+from sluice.runtime import Runtime
+from sluice.streaming import EndReason, StreamError
+from sluice_services.chat_proxy.frames import FrameTooLarge, SseSplitter, data_of
+from sluice_services.chat_proxy.metrics import (
     INTER_TOKEN,
     ITL_BUCKETS,
     TIME_TO_FIRST_TOKEN,
@@ -28,23 +35,16 @@ from chat_proxy.metrics import (
     KnownModels,
     StreamHistogram,
 )
-from chat_proxy.settings import ChatSettings
-from chat_proxy.tokens import TokenBudget
-from chat_proxy.upstream import (
+from sluice_services.chat_proxy.settings import ChatSettings
+from sluice_services.chat_proxy.tokens import TokenBudget
+from sluice_services.chat_proxy.upstream import (
     Upstream,
     UpstreamError,
     UpstreamResponse,
     make_upstream,
     read_to_end,
 )
-from chat_proxy.usage import BadUsage, usage_counts
-from sluice.errors import ApiError
-from sluice.events import Event
-from sluice.limits import caller_key
-from sluice.logs import request_id_var
-from sluice.request_context import request_info
-from sluice.runtime import Runtime
-from sluice.streaming import EndReason, StreamError
+from sluice_services.chat_proxy.usage import BadUsage, usage_counts
 
 log = logging.getLogger("chat_proxy")
 

@@ -8,11 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from chat_proxy.leaving import until_disconnect
-from chat_proxy.proxy import ChatProxy, Relay
-from chat_proxy.schema import validate
-from chat_proxy.upstream import UpstreamError, UpstreamResponse, first_chunk
-from chat_proxy.usage import BadUsage, usage_counts
 from sluice.body import BodyError, parse_json, parse_json_object, read_body
 from sluice.errors import ApiError
 from sluice.events import Event
@@ -20,6 +15,11 @@ from sluice.formats import StreamFormat, choose_format
 from sluice.limits import caller_key
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, StreamTicket, open_stream
+from sluice_services.chat_proxy.leaving import until_disconnect
+from sluice_services.chat_proxy.proxy import ChatProxy, Relay
+from sluice_services.chat_proxy.schema import validate
+from sluice_services.chat_proxy.upstream import UpstreamError, UpstreamResponse, first_chunk
+from sluice_services.chat_proxy.usage import BadUsage, usage_counts
 
 
 def _already_answered() -> Response:

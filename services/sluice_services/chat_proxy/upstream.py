@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
 from typing import Literal, Protocol
 
-from chat_proxy.frames import CommentTracker
-from chat_proxy.http1 import Http1Error, Http1Pool, Http1Response
-from chat_proxy.settings import ChatSettings
+from sluice_services.chat_proxy.frames import CommentTracker
+from sluice_services.chat_proxy.http1 import Http1Error, Http1Pool, Http1Response
+from sluice_services.chat_proxy.settings import ChatSettings
 
 ErrorKind = Literal["connect", "timeout", "reset", "status", "error_event", "protocol", "too_large"]
 

@@ -1,17 +1,19 @@
+"""The demo app; what it is and where it runs: ``__init__.py``."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from demo.routes import SEED_ROUTES, build_router
-from demo.settings import DemoSettings
 from sluice.app import create_app as create_sluice_app
+from sluice_services.demo import SERVICE
+from sluice_services.demo.routes import build_router
+from sluice_services.demo.settings import DemoSettings
 
 
 def create_app(settings: DemoSettings | None = None) -> FastAPI:
-    """The seed's endpoints are public by default; ``SLUICE_PUBLIC_ROUTES=`` closes them."""
     return create_sluice_app(
         settings or DemoSettings(),
-        title="Sluice demo",
+        title=SERVICE.title,
         routers=[build_router],
-        public_routes=SEED_ROUTES,
+        public_routes=SERVICE.public_routes,
     )

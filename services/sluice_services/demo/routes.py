@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from demo.settings import DemoSettings
 from sluice.events import Event
 from sluice.formats import StreamFormat
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
+from sluice_services.demo.settings import DemoSettings
 
-SEED_ROUTES = ("/toy-stream", "/dummy-counter", "/dummy-events")
 TOY_MESSAGES = (
     "Starting stream...\n",
     "Chunk 1: Hello!\n",

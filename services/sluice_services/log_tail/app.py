@@ -1,19 +1,19 @@
+"""The log-tail app; what it is and where it runs: ``__init__.py``."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from log_tail.routes import build_router
-from log_tail.settings import LogTailSettings
 from sluice.app import create_app as create_sluice_app
-
-SEED_ROUTES = ("/logs",)
+from sluice_services.log_tail import SERVICE
+from sluice_services.log_tail.routes import build_router
+from sluice_services.log_tail.settings import LogTailSettings
 
 
 def create_app(settings: LogTailSettings | None = None) -> FastAPI:
-    """``/logs`` is the seed's public demo; following a file (``/logs/{name}``) needs a key."""
     return create_sluice_app(
         settings or LogTailSettings(),
-        title="Sluice log-tail",
+        title=SERVICE.title,
         routers=[build_router],
-        public_routes=SEED_ROUTES,
+        public_routes=SERVICE.public_routes,
     )

@@ -12,15 +12,15 @@ import re2
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from log_tail.files import parse_files
-from log_tail.metrics import GAPS, LINES_DELIVERED
-from log_tail.settings import LogTailSettings
-from log_tail.tailer import Follower, Item, Line, Notice, Tailer
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format, encode
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
+from sluice_services.log_tail.files import parse_files
+from sluice_services.log_tail.metrics import GAPS, LINES_DELIVERED
+from sluice_services.log_tail.settings import LogTailSettings
+from sluice_services.log_tail.tailer import Follower, Item, Line, Notice, Tailer
 
 SEED_LINES = (
     "[INFO] Starting app...\n",

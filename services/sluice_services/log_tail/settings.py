@@ -4,8 +4,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from log_tail.files import parse_files
 from sluice.settings import CoreSettings
+from sluice_services.log_tail.files import parse_files
 
 
 class LogTailSettings(CoreSettings):

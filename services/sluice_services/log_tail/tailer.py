@@ -31,10 +31,16 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from log_tail.files import Refused, check_path, folder_identity, open_checked, open_folder
-from log_tail.metrics import FOLLOWERS, GAPS, LINES_READ, REFUSALS, ROTATIONS
 from sluice.events import Event
 from sluice.formats import StreamFormat, encode
+from sluice_services.log_tail.files import (
+    Refused,
+    check_path,
+    folder_identity,
+    open_checked,
+    open_folder,
+)
+from sluice_services.log_tail.metrics import FOLLOWERS, GAPS, LINES_READ, REFUSALS, ROTATIONS
 
 log = logging.getLogger("log_tail")
 

@@ -1,20 +1,19 @@
+"""The mock-upstream app; what it is and where it runs: ``__init__.py``."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from mock_upstream.routes import build_router
-from mock_upstream.settings import MockSettings
 from sluice.app import create_app as create_sluice_app
-
-PUBLIC = ("/v1/models", "/v1/chat/completions", "/mock/stats", "/mock/requests/{request_id}")
+from sluice_services.mock_upstream import SERVICE
+from sluice_services.mock_upstream.routes import build_router
+from sluice_services.mock_upstream.settings import MockSettings
 
 
 def create_app(settings: MockSettings | None = None) -> FastAPI:
-    """Open by default, like a local model server; set SLUICE_API_KEYS and
-    ``SLUICE_PUBLIC_ROUTES=`` to make it demand the upstream key."""
     return create_sluice_app(
         settings or MockSettings(),
-        title="Sluice mock upstream (OpenAI-compatible)",
+        title=SERVICE.title,
         routers=[build_router],
-        public_routes=PUBLIC,
+        public_routes=SERVICE.public_routes,
     )

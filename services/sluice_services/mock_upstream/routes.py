@@ -12,15 +12,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
-from mock_upstream.faults import Faults, FaultSpecError, parse_faults
-from mock_upstream.ledger import Entry, Ledger
-from mock_upstream.settings import MockSettings
 from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.formats import StreamFormat
 from sluice.logs import request_id_var
 from sluice.runtime import Runtime
 from sluice.streaming import EndReason, StreamError, stream
+from sluice_services.mock_upstream.faults import Faults, FaultSpecError, parse_faults
+from sluice_services.mock_upstream.ledger import Entry, Ledger
+from sluice_services.mock_upstream.settings import MockSettings
 
 WORDS = (
     "Sluice",

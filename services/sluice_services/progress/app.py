@@ -1,20 +1,19 @@
+"""The progress app; what it is and where it runs: ``__init__.py``."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from progress.routes import build_router
-from progress.settings import ProgressSettings
 from sluice.app import create_app as create_sluice_app
-
-SEED_ROUTES = ("/progress",)
+from sluice_services.progress import SERVICE
+from sluice_services.progress.routes import build_router
+from sluice_services.progress.settings import ProgressSettings
 
 
 def create_app(settings: ProgressSettings | None = None) -> FastAPI:
-    """Embedded (in-process jobs, one worker) without SLUICE_REDIS_URL; with it, jobs and
-    events live in Redis and `python -m progress.worker` processes run the jobs."""
     return create_sluice_app(
         settings or ProgressSettings(),
-        title="Sluice progress",
+        title=SERVICE.title,
         routers=[build_router],
-        public_routes=SEED_ROUTES,
+        public_routes=SERVICE.public_routes,
     )

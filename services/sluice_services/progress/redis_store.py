@@ -18,9 +18,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from progress import redis_scripts
-from progress.model import Job, JobEvent
-from progress.store import Fenced, Renewal, final_changes, final_data, valid_sequence
+from sluice_services.progress import redis_scripts
+from sluice_services.progress.model import Job, JobEvent
+from sluice_services.progress.store import (
+    Fenced,
+    Renewal,
+    final_changes,
+    final_data,
+    valid_sequence,
+)
 
 log = logging.getLogger("progress.store")
 

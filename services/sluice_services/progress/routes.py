@@ -13,16 +13,21 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
-from progress.kinds import KINDS
-from progress.metrics import DELIVERY_LATENCY, EVENTS_DELIVERED, JOBS_CREATED, SUBSCRIBERS
-from progress.model import Job, JobEvent
-from progress.service import ProgressService
 from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.runtime import Runtime
 from sluice.streaming import StreamResponse, stream
+from sluice_services.progress.kinds import KINDS
+from sluice_services.progress.metrics import (
+    DELIVERY_LATENCY,
+    EVENTS_DELIVERED,
+    JOBS_CREATED,
+    SUBSCRIBERS,
+)
+from sluice_services.progress.model import Job, JobEvent
+from sluice_services.progress.service import ProgressService
 
 log = logging.getLogger("progress")
 

@@ -32,11 +32,16 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from progress.kinds import KINDS, JobFailed, Kind
-from progress.metrics import EVENTS_PUBLISHED, JOB_DURATION, JOBS_FINISHED, JOBS_LOST
-from progress.model import FINAL_EVENT, Job, State
-from progress.redis_store import RedisStore
-from progress.store import Fenced, JobStore, final_changes, final_data
+from sluice_services.progress.kinds import KINDS, JobFailed, Kind
+from sluice_services.progress.metrics import (
+    EVENTS_PUBLISHED,
+    JOB_DURATION,
+    JOBS_FINISHED,
+    JOBS_LOST,
+)
+from sluice_services.progress.model import FINAL_EVENT, Job, State
+from sluice_services.progress.redis_store import RedisStore
+from sluice_services.progress.store import Fenced, JobStore, final_changes, final_data
 
 log = logging.getLogger("progress.runner")
 

@@ -14,15 +14,15 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job as ArqJob
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from progress.kinds import CHECKSUM_FILES, load_checksum_files
-from progress.metrics import QUEUE_DEPTH
-from progress.model import Job
-from progress.redis_store import RedisStore
-from progress.runner import Timing, execute, reap
-from progress.settings import ProgressSettings
-from progress.store import JobStore, MemoryStore
-from progress.worker import QUEUE, redis_client, redis_store
 from sluice.runtime import Runtime
+from sluice_services.progress.kinds import CHECKSUM_FILES, load_checksum_files
+from sluice_services.progress.metrics import QUEUE_DEPTH
+from sluice_services.progress.model import Job
+from sluice_services.progress.redis_store import RedisStore
+from sluice_services.progress.runner import Timing, execute, reap
+from sluice_services.progress.settings import ProgressSettings
+from sluice_services.progress.store import JobStore, MemoryStore
+from sluice_services.progress.worker import QUEUE, redis_client, redis_store
 
 log = logging.getLogger("progress")
 

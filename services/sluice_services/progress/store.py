@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
-from progress.model import Job, JobEvent
+from sluice_services.progress.model import Job, JobEvent
 
 Renewal = Literal["held", "cancel", "lost"]
 """A lease renewal's answer: renewed; renewed and a cancel was asked; no longer held."""

@@ -17,12 +17,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from progress.kinds import CHECKSUM_FILES, load_checksum_files
-from progress.redis_store import RedisStore
-from progress.runner import Timing, execute
-from progress.settings import ProgressSettings
 from sluice.logs import configure_logging
 from sluice.runtime import bounded_redis
+from sluice_services.progress.kinds import CHECKSUM_FILES, load_checksum_files
+from sluice_services.progress.redis_store import RedisStore
+from sluice_services.progress.runner import Timing, execute
+from sluice_services.progress.settings import ProgressSettings
 
 QUEUE = "sluice:progress:queue"
 log = logging.getLogger("progress.worker")
