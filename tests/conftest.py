@@ -15,7 +15,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("procs")
 
 

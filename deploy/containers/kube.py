@@ -295,7 +295,7 @@ def probe_verdict(engine: Engine, probe: Probe, max_period: float = 5.0) -> tupl
     """As the kubelet judges it: failed only after ``failure_threshold`` failures in a row,
     ``period`` apart (at most ``max_period`` here); passed at the first success. The
     failures' output, each (a passing probe may have failed before)."""
-    failures = []
+    failures: list[str] = []
     for attempt in range(max(1, probe.failure_threshold)):
         if attempt:
             time.sleep(min(probe.period, max_period))

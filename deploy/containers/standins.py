@@ -19,7 +19,7 @@ import yaml
 from .engine import Engine, run
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent / "standins"
+HERE = Path(__file__).resolve().parent / "standin_images"
 BASE = "localhost/sluice-base:bookworm"
 LABEL = "io.sluice.standin-hash"
 MIRROR = "http://deb.debian.org/debian"

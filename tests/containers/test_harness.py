@@ -5,6 +5,7 @@ transform bridges podman's gaps the way Kubernetes behaves."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ def test_without_root_and_without_podman_it_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda _: None)
-    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(engine_module, "Path", _Files(set()))
     wanted = f"sudo apt-get install --no-install-recommends {ALL_PACKAGES}, "
     with pytest.raises(EngineUnavailable, match=re.escape(wanted)):
@@ -62,7 +63,7 @@ HELPERS = {"/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns"}
 
 def test_nothing_is_installed_when_everything_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(engine_module, "Path", _Files(HELPERS))
     install_missing(engine_module.PACKAGES)  # no EngineUnavailable, no apt-get
 
@@ -73,7 +74,7 @@ def test_podman_on_path_without_aardvark_dns_still_installs_it(
     """Every binary is checked, not only podman's: netavark without its Recommends (the
     DNS server compose service names need) is a broken engine, not a working one."""
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(engine_module, "Path", _Files({"/usr/lib/podman/netavark"}))
     with pytest.raises(EngineUnavailable, match="install --no-install-recommends aardvark-dns, "):
         install_missing(engine_module.PACKAGES)
@@ -109,7 +110,7 @@ def test_apt_get_update_runs_first_when_a_package_is_unknown_then_it_installs(
 ) -> None:
     files = _Files(set())
     present = {"podman", "runc", "debootstrap", "catatonit", "iptables", "newuidmap"}
-    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(engine_module, "Path", files)
     apt = _Apt(files, known={"netavark"}, after={"netavark", "aardvark-dns", "slirp4netns"})
     monkeypatch.setattr(engine_module, "run", apt)
@@ -130,7 +131,7 @@ def test_a_package_apt_does_not_know_even_after_an_update_is_a_clear_error(
 ) -> None:
     files = _Files(set())
     monkeypatch.setattr(shutil, "which", lambda _: None)
-    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(engine_module, "Path", files)
     apt = _Apt(files, known=set(), after={"netavark"})
     monkeypatch.setattr(engine_module, "run", apt)
@@ -267,7 +268,11 @@ def test_every_name_podman_makes_carries_the_runs_id_and_label() -> None:
     label; the Service alias (what the others resolve) stays the manifest's name."""
     redis = {"name": "redis", "image": "redis", "volumeMounts": [{"name": "d", "mountPath": "/d"}]}
     nginx = {"name": "nginx", "image": "nginx", "volumeMounts": [{"name": "t", "mountPath": "/t"}]}
-    config = {"kind": "ConfigMap", "metadata": {"name": "nginx-templates-x1"}, "data": {"a": "b"}}
+    config: dict[str, Any] = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "nginx-templates-x1"},
+        "data": {"a": "b"},
+    }
     docs = [
         config,
         deployment("redis", redis, [{"name": "d", "emptyDir": {}}]),

@@ -8,11 +8,17 @@ from pathlib import Path
 
 from sluice import serve
 from sluice.registry import registry
-from sluice.settings import CoreSettings, ServerSettings, field_bounds, scope_prefix
+from sluice.settings import (
+    CoreSettings,
+    ScopedSettings,
+    ServerSettings,
+    field_bounds,
+    scope_prefix,
+)
 from sluice_dev import check, stack
 from tests.support.paths import ROOT
 
-SETTINGS = (
+SETTINGS: tuple[type[ScopedSettings], ...] = (
     CoreSettings,
     ServerSettings,
     *(check.settings_class(service.settings) for service in registry()),

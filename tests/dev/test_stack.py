@@ -26,7 +26,7 @@ SERVICES = registry().services
 def prepare(run_dir: Path, env: dict[str, str], project: Project = PROJECT) -> str:
     """What make run prints: the first line, then (once ready) the banner and details."""
     first = stack.prepare(run_dir, env, project)
-    plan = json.loads((run_dir / "ready.json").read_text())
+    plan: dict[str, str] = json.loads((run_dir / "ready.json").read_text())
     return first + plan["banner"] + plan["details"]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from sluice_services.mock_upstream.routes import mock_text
 from tests.chat_proxy.conftest import CALLER_KEY, UPSTREAM_KEY
@@ -35,11 +36,11 @@ def chat_stack(log_dir: Path, mock_upstream: Proc) -> Iterator[tuple[Proc, Proc]
 def test_openai_sdk_sync_stream_and_non_stream(chat_stack: tuple[Proc, Proc]) -> None:
     _, nginx = chat_stack
     client = openai.OpenAI(base_url=f"{nginx.url}/v1", api_key=CALLER_KEY, max_retries=0)
-    messages = [{"role": "user", "content": "Tell a story"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell a story"}]
     stream = client.chat.completions.create(
         model="mock-gpt",
         messages=messages,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -47,7 +48,7 @@ def test_openai_sdk_sync_stream_and_non_stream(chat_stack: tuple[Proc, Proc]) ->
     assert text == mock_text(20)
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 20
-    whole = client.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
+    whole = client.chat.completions.create(model="mock-gpt", messages=messages)
     assert whole.choices[0].message.content == mock_text(20)
     assert [m.id for m in client.models.list()] == ["mock-gpt", "mock-gpt-mini"]
 
@@ -66,30 +67,30 @@ def test_openai_sdk_async_stream_and_errors(chat_stack: tuple[Proc, Proc]) -> No
                 base_url=f"{nginx.url}/v1", api_key="sk-nope", max_retries=0
             ) as bad_key,
         ):
-            messages = [{"role": "user", "content": "hi"}]
+            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
             stream = await client.chat.completions.create(
                 model="mock-gpt",
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 stream=True,
             )
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-            whole = await client.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
+            whole = await client.chat.completions.create(model="mock-gpt", messages=messages)
             try:
                 await client.chat.completions.create(
                     model="mock-fault:status=503", messages=messages
-                )  # type: ignore[arg-type]
+                )
             except openai.APIStatusError as exc:
                 before_first_byte = type(exc)
             try:
                 failing = await client.chat.completions.create(
                     model="mock-fault:error_after=2", messages=messages, stream=True
-                )  # type: ignore[arg-type]
+                )
                 async for _ in failing:
                     pass
             except openai.APIError as exc:
                 mid_stream = type(exc)
             with pytest.raises(openai.AuthenticationError):
-                await bad_key.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
+                await bad_key.chat.completions.create(model="mock-gpt", messages=messages)
         return text, whole.choices[0].message.content or "", before_first_byte, mid_stream
 
     text, whole, before, mid = asyncio.run(main())
@@ -165,7 +166,7 @@ def test_client_disconnect_cancels_the_upstream_at_once(
 
         def gone(rid: str = rid) -> bool:
             seen = httpx.get(f"{mock_upstream.url}/mock/requests/{rid}").json()
-            return seen.get("end") == "client_disconnect"
+            return bool(seen.get("end") == "client_disconnect")
 
         wait_for(gone, 2, what="upstream saw the client go")
         seen = httpx.get(f"{mock_upstream.url}/mock/requests/{rid}").json()
@@ -182,7 +183,7 @@ def test_chat_metrics_after_streams(chat_stack: tuple[Proc, Proc]) -> None:
         list(
             client.chat.completions.create(
                 model="mock-gpt",
-                stream=True,  # type: ignore[call-overload]
+                stream=True,
                 messages=[{"role": "user", "content": "a b c"}],
             )
         )

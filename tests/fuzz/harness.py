@@ -139,7 +139,7 @@ _STREAM_PARAMETERS: tuple[dict[str, Any], ...] = (
 
 
 def operation_tests(
-    schema: OpenApiSchema, run: Callable[[schemathesis.Case], None]
+    schema: OpenApiSchema, run: Callable[[schemathesis.Case[Any]], None]
 ) -> Iterator[tuple[str, Callable[[], None]]]:
     """(label, test) for each operation: ``run`` under Hypothesis for every phase the config
     enables, as schemathesis's pytest integration builds it. A schema error is raised."""
@@ -157,7 +157,8 @@ class BoundedSession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
-        response = super().request(method, url, *args, **kwargs)
+        verb = method.decode() if isinstance(method, bytes) else method
+        response = super().request(verb, url, *args, **kwargs)
         self.cookies.clear()
         media = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if "content-length" in response.headers or media == "text/event-stream":
@@ -200,7 +201,7 @@ def _media_type(response: schemathesis.Response) -> str:
 
 @schemathesis.check
 def json_error_body(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
     """Every error, the services' and nginx's, is ``{"error": {"type", "message"}}`` JSON."""
     if response.status_code < 400:
@@ -223,7 +224,7 @@ def json_error_body(
 
 @schemathesis.check
 def stream_framing(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
     """A 200 stream carries the stream headers, and what arrived of it (cut or not) is well
     framed: complete SSE blocks of SSE fields, NDJSON lines of JSON objects, UTF-8 text."""
@@ -256,7 +257,7 @@ def stream_framing(
 
 @schemathesis.check
 def declared_content_type(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
     """The declared media type (schemathesis's check), except that a 200 may be a stream:
     routes declared as JSON also stream (a chat completion with ``stream: true``, the seed's
@@ -292,7 +293,7 @@ class Tally:
 
 
 def call(
-    case: schemathesis.Case,
+    case: schemathesis.Case[Any],
     session: requests.Session,
     headers: Mapping[str, str],
     tally: Tally,

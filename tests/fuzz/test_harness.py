@@ -16,6 +16,7 @@ import pytest
 import requests
 import schemathesis
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.transport import STREAM_CUT_SHORT_ATTRIBUTE
 
 from tests.fuzz import harness
 
@@ -122,7 +123,7 @@ def fuzz(base: str, path: str) -> harness.Tally:
     tally = harness.Tally()
     with harness.BoundedSession() as session:
 
-        def run(case: schemathesis.Case) -> None:
+        def run(case: schemathesis.Case[Any]) -> None:
             harness.call(case, session, {}, tally)
 
         tests = dict(harness.operation_tests(schema, run))
@@ -165,8 +166,8 @@ def test_bounded_session_reads_a_finite_stream_whole_and_cuts_an_endless_one(
         cut = session.get(f"{broken}/endless", timeout=harness.REQUEST_TIMEOUT)
         elapsed = time.monotonic() - started
     assert whole.content == b"line 0\nline 1\nline 2\n"
-    assert not getattr(whole, harness.STREAM_CUT_SHORT_ATTRIBUTE, False)
-    assert getattr(cut, harness.STREAM_CUT_SHORT_ATTRIBUTE, False)
+    assert not getattr(whole, STREAM_CUT_SHORT_ATTRIBUTE, False)
+    assert getattr(cut, STREAM_CUT_SHORT_ATTRIBUTE, False)
     assert cut.content.startswith(b"tick 0\ntick 1\n")
     assert harness.STREAM_SECONDS <= elapsed < harness.STREAM_SECONDS + 1
 

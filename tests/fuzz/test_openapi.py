@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -69,7 +70,7 @@ def test_no_server_error(fuzz_target: Target, subtests: pytest.Subtests) -> None
     """Each operation of the schema, one subtest, through schemathesis's own test builder:
     the schema's examples, its coverage cases (with the key) and the seeded fuzzing."""
 
-    def run(case: schemathesis.Case) -> None:
+    def run(case: schemathesis.Case[Any]) -> None:
         harness.call(case, fuzz_target.session, fuzz_target.headers, fuzz_target.tally)
 
     operations = list(harness.operation_tests(fuzz_target.schema, run))

@@ -44,11 +44,11 @@ def tailer(path: Path) -> Tailer:
 
 
 def refusals(t: Tailer, reason: str) -> float:
-    return float(REFUSALS.labels("test", t.name, reason)._value.get())  # type: ignore[attr-defined]
+    return float(REFUSALS.labels("test", t.name, reason)._value.get())
 
 
 def renames(t: Tailer) -> float:
-    return float(ROTATIONS.labels("test", t.name, "rename")._value.get())  # type: ignore[attr-defined]
+    return float(ROTATIONS.labels("test", t.name, "rename")._value.get())
 
 
 def render(item: Item) -> str:

@@ -151,7 +151,7 @@ async def test_fifty_followers_share_one_reader(tmp_path: Path) -> None:
     log = tmp_path / "shared.log"
     log.write_bytes(b"")
     t = tailer(log)
-    read_before = LINES_READ.labels("test", t.name)._value.get()  # type: ignore[attr-defined]
+    read_before = LINES_READ.labels("test", t.name)._value.get()
     t.start()
     try:
         followers = [t.follow(1000) for _ in range(50)]
@@ -164,7 +164,7 @@ async def test_fifty_followers_share_one_reader(tmp_path: Path) -> None:
     finally:
         await t.stop()
     assert all(r == [str(i) for i in range(200)] for r in results)
-    read = LINES_READ.labels("test", t.name)._value.get() - read_before  # type: ignore[attr-defined]
+    read = LINES_READ.labels("test", t.name)._value.get() - read_before
     assert read == 200  # read once, not 50 times
 
 

@@ -177,7 +177,7 @@ async def hostile_upstream() -> AsyncIterator[HostileUpstream]:
         state.connections += 1
         task = asyncio.current_task()
         assert task is not None
-        handlers.add(task)  # type: ignore[arg-type]
+        handlers.add(task)
         port = writer.get_extra_info("peername")[1]
         try:
             async with asyncio.timeout(HANDLER_SECONDS):
@@ -199,7 +199,7 @@ async def hostile_upstream() -> AsyncIterator[HostileUpstream]:
             # callback asks a cancelled handler for its exception, and logs the answer.)
             pass
         finally:
-            handlers.discard(task)  # type: ignore[arg-type]
+            handlers.discard(task)
             writer.close()
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
