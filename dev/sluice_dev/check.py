@@ -11,13 +11,23 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from sluice.auth import KeyStore
-from sluice.settings import CoreSettings, ScopedSettings, ServerSettings, field_bounds, scope_prefix
+from sluice.settings import (
+    CoreSettings,
+    RenamedSetting,
+    ScopedSettings,
+    ServerSettings,
+    field_bounds,
+    scope_prefix,
+)
+
+RENAMED: list[str] = []  # what this process has said about renamed settings, once each
 
 
 @contextlib.contextmanager
@@ -67,7 +77,8 @@ def problems(
     """What is wrong with ``service``'s settings under ``env``, and its graceful timeout."""
     found: list[tuple[str, str]] = []
     graceful = 0.0
-    with environment(env):
+    with environment(env), warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", RenamedSetting)
         for cls in (settings_class(settings_path), ServerSettings):
             try:
                 settings = cls()
@@ -81,6 +92,10 @@ def problems(
                     KeyStore.from_settings(settings)
                 except ValueError as exc:
                     found.append(("SLUICE_API_KEYS", f"SLUICE_API_KEYS: {exc}"))
+    for warning in said:
+        if issubclass(warning.category, RenamedSetting) and str(warning.message) not in RENAMED:
+            RENAMED.append(str(warning.message))
+            print(f"make run: {warning.message}")
     return found, graceful
 
 

@@ -10,8 +10,10 @@ which that service reads in place of ``SLUICE_PUBLIC_ROUTES`` and every other ig
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from limits import parse as parse_limit
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -40,6 +42,51 @@ def field_bounds(field: FieldInfo) -> str | None:
     return ", ".join(parts) or None
 
 
+class RenamedSetting(FutureWarning):
+    """A setting read under the name it had before this release (it works until the next)."""
+
+
+class _RenamedSource(PydanticBaseSettingsSource):
+    """The old names of renamed settings (``renamed``: old field -> new field), scoped ones
+    first, below every new name: a value under an old name is used, with a warning naming
+    the new one, only where the new name is not set. A retired name (one that now follows
+    from others) is not read, and a warning says what takes its place."""
+
+    def __init__(self, settings_cls: type[BaseSettings], prefixes: tuple[str, ...]) -> None:
+        super().__init__(settings_cls)
+        self.prefixes = prefixes
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads every old name at once
+
+    def __call__(self) -> dict[str, Any]:
+        renamed: Mapping[str, str] = getattr(self.settings_cls, "renamed", {})
+        retired: Mapping[str, str] = getattr(self.settings_cls, "retired", {})
+        for old, instead in retired.items():
+            for prefix in self.prefixes:
+                if f"{prefix}{old.upper()}" in os.environ:
+                    warnings.warn(
+                        f"{prefix}{old.upper()} is no longer read: {instead}",
+                        RenamedSetting,
+                        stacklevel=2,
+                    )
+        found: dict[str, Any] = {}
+        for old, new in renamed.items():
+            if any(f"{prefix}{new.upper()}" in os.environ for prefix in self.prefixes):
+                continue  # the new name is set: it wins, and says nothing of the old one
+            for prefix in self.prefixes:
+                name = f"{prefix}{old.upper()}"
+                if name in os.environ and new not in found:
+                    warnings.warn(
+                        f"{name} is now {prefix}{new.upper()}"
+                        " (the old name works until the next release)",
+                        RenamedSetting,
+                        stacklevel=2,
+                    )
+                    found[new] = os.environ[name]
+        return found
+
+
 class ScopedSettings(BaseSettings):
     """Settings read from ``SLUICE_*``, where ``SLUICE_<SERVICE>__*`` wins for that service.
 
@@ -48,6 +95,10 @@ class ScopedSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+    # Settings renamed in this release: old field name -> new one (read until the next).
+    renamed: ClassVar[Mapping[str, str]] = {}
+    # Settings that follow from others since this release: old field name -> what instead.
+    retired: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def service_of(cls) -> str | None:
@@ -68,9 +119,11 @@ class ScopedSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         service = cls.service_of()
         if service is None:
-            return init_settings, env_settings, dotenv_settings, file_secret_settings
+            old = _RenamedSource(settings_cls, ("SLUICE_",))
+            return init_settings, env_settings, old, dotenv_settings, file_secret_settings
         scoped = EnvSettingsSource(settings_cls, env_prefix=scope_prefix(service))
-        return init_settings, scoped, env_settings, dotenv_settings, file_secret_settings
+        old = _RenamedSource(settings_cls, (scope_prefix(service), "SLUICE_"))
+        return init_settings, scoped, env_settings, old, dotenv_settings, file_secret_settings
 
 
 class CoreSettings(ScopedSettings):
