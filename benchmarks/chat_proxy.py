@@ -51,7 +51,8 @@ from tests.support.procs import (
     wait_http,
 )
 
-from benchmarks.support import children, cpu_seconds, percentile, rss_mb, table
+from benchmarks.support import cpu_seconds, percentile, rss_mb, table
+from sluice.procfs import children
 
 KEY = "sk-bench-chat-00000000000000000"
 CONTENT = b'"content":"'

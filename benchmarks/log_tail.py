@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 from tests.support.procs import running, start_service
 
-from benchmarks.support import children, cpu_seconds, percentile, rss_mb, table
+from benchmarks.support import cpu_seconds, percentile, rss_mb, table
+from sluice.procfs import children
 
 KEY = "sk-bench-logtail-000000000000000"
 

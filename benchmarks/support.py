@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from tests.support.procs import children
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from sluice import procfs
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and its live children (gunicorn master + workers)."""
     total = 0.0
-    for proc in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    for proc in [pid, *procfs.children(pid)]:
+        info = procfs.stat(proc)
+        if info is not None:
+            total += info.cpu_seconds
     return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return (procfs.rss_bytes(pid) or 0) / (1024 * 1024)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -11,6 +11,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI
 from slowapi.errors import RateLimitExceeded
@@ -34,15 +35,18 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 Resource = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 """Something a service opens at startup and closes at shutdown (clients, pools)."""
 
-RouterFactory = Callable[[Runtime], APIRouter]
-"""Builds a service's routes with the runtime (its limiter decorators need it)."""
+S = TypeVar("S", bound=CoreSettings)
+
+RouterFactory = Callable[[Runtime[S]], APIRouter]
+"""Builds a service's routes with the runtime (its limiter decorators need it), typed with
+the service's settings: ``def build_router(runtime: Runtime[MySettings]) -> APIRouter``."""
 
 
 def create_app(
-    settings: CoreSettings,
+    settings: S,
     *,
     title: str,
-    routers: Sequence[RouterFactory] = (),
+    routers: Sequence[RouterFactory[S]] = (),
     public_routes: Sequence[str] = (),
     readiness: Sequence[ReadinessCheck] = (),
     resources: Sequence[Resource] = (),
@@ -157,7 +161,7 @@ def _tune_gc(threshold: int) -> None:
         gc.set_threshold(threshold, older, oldest)
 
 
-def _redis_ready(runtime: Runtime) -> ReadinessCheck:
+def _redis_ready(runtime: Runtime[CoreSettings]) -> ReadinessCheck:
     async def check() -> str | None:
         assert runtime.redis is not None
         try:

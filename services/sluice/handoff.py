@@ -20,29 +20,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from sluice import procfs
+
 State = Literal["booting", "ready", "leaving"]
 
 POLL_SECONDS = 0.1  # a scan of /proc each, where the kernel keeps no list of children
-
-
-def children(parent: int) -> list[int]:
-    """Live (not zombie) child pids of ``parent``, from /proc: the kernel's own list where it
-    keeps one (CONFIG_PROC_CHILDREN), else a scan of every process."""
-    try:
-        listed = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        candidates = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
-    else:
-        candidates = [int(pid) for pid in listed]
-    pids = []
-    for pid in candidates:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == parent and fields[0] != "Z":
-            pids.append(pid)
-    return sorted(pids)
 
 
 class Siblings:
@@ -68,7 +50,7 @@ class Siblings:
         return "leaving" if text == "leaving" else "ready" if text == "ready" else "booting"
 
     def others(self) -> dict[int, State]:
-        return {pid: self.state(pid) for pid in children(self.parent) if pid != self.me}
+        return {pid: self.state(pid) for pid in procfs.children(self.parent) if pid != self.me}
 
     def booting(self) -> set[int]:
         """Siblings that are starting: at a SIGTERM, the workers that replace this one."""

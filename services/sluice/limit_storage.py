@@ -8,7 +8,7 @@ moving window is a deque expired from its old end whenever the key is used, a fi
 window is a count and its end, and a sweep every ``SWEEP_SECONDS`` (run by whichever
 call comes first after it is due) drops keys nobody used since they expired.
 
-Registered with ``limits`` as ``sluice-memory://``: what :class:`sluice.limits.RateLimits`
+Registered with ``limits`` as ``sluice-memory://``: what :class:`sluice.rates.RateLimits`
 uses when there is no Redis.
 """
 

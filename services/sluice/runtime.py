@@ -1,24 +1,33 @@
-"""What one worker of a service shares across its requests, built once by ``create_app``."""
+"""What one worker of a service shares across its requests, built once by ``create_app``.
+
+Generic in its settings: a service's router factory takes ``Runtime[ItsSettings]`` and gets
+``runtime.settings`` typed as its own settings class; the core takes any
+``Runtime[CoreSettings]`` (covariant: a runtime is never given other settings).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 
 from sluice.auth import Authenticator
+from sluice.caps import StreamCaps
 from sluice.drain import Drain
-from sluice.limits import RateLimits, StreamCaps
 from sluice.metrics import StreamMetrics
+from sluice.rates import RateLimits
 from sluice.settings import CoreSettings
 
+S_co = TypeVar("S_co", bound=CoreSettings, covariant=True)
+S = TypeVar("S", bound=CoreSettings)
 
-@dataclass(slots=True)
-class Runtime:
-    settings: CoreSettings
+
+@dataclass(frozen=True, slots=True)
+class Runtime(Generic[S_co]):
+    settings: S_co
     drain: Drain
     observer: StreamMetrics
     auth: Authenticator
@@ -31,9 +40,9 @@ class Runtime:
     )
 
     @classmethod
-    def create(cls, settings: CoreSettings, public_routes: Iterable[str] = ()) -> Runtime:
+    def create(cls, settings: S, public_routes: Iterable[str] = ()) -> Runtime[S]:
         redis = bounded_redis(settings) if settings.redis_url else None
-        return cls(
+        return Runtime(
             settings=settings,
             drain=Drain(settings.drain_window),
             observer=StreamMetrics(settings.service_name),

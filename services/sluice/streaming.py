@@ -1,4 +1,5 @@
-"""The streaming response every Sluice stream goes through.
+"""The streaming response every Sluice stream goes through, once it is let in
+(:mod:`sluice.admission` decides that, and holds its cap slot).
 
 One task pumps the producer's events to the client; beside it a listener waits for the
 client's ``http.disconnect`` and, on SSE, a heartbeat task writes a comment after
@@ -24,25 +25,23 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sluice.drain import DrainPolicy
-from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import HEARTBEAT, StreamFormat, encode
 from sluice.logs import stream_cut_var
 from sluice.request_context import body_send, request_info, route_template
+from sluice.timers import StallTimer
 
 if TYPE_CHECKING:
-    from sluice.limits import Slot
     from sluice.runtime import Runtime
+    from sluice.settings import CoreSettings
 
 log = logging.getLogger("sluice.stream")
 
@@ -74,51 +73,42 @@ class StreamError(Exception):
 
 class _SendWatchdog:
     """Notices a write that blocks longer than the send timeout (a client that stopped
-    reading), with one timer per stream instead of a timeout per write: a write only
-    records when it began."""
+    reading): one :class:`~sluice.timers.StallTimer` per stream, each write a wait on it.
+    Writes may overlap (the pump's and the heartbeat's): the wait is the oldest one's."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self.loop = loop
-        self.timeout = timeout
         self.stalled: asyncio.Future[None] = loop.create_future()
         self._time = loop.time
         self.last_write = loop.time()
-        self._since: float | None = None  # when the oldest write in flight began
         self._in_flight = 0
-        self._timer = loop.call_at(self.last_write + timeout, self._check)
+        self._timer = StallTimer(timeout, self._stalled)
 
     async def send(self, send: Send, message: Message) -> None:
         """One write, watched (the pump's per-chunk path: kept to one call)."""
         if self._in_flight == 0:
-            self._since = self._time()
+            self._timer.wait_began()
         self._in_flight += 1
         try:
             await send(message)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
-                self._since = None
+                self._timer.wait_ended()
                 self.last_write = self._time()
 
-    def _check(self) -> None:
-        since = self._since
-        if since is None:
-            self._timer = self.loop.call_at(self.loop.time() + self.timeout, self._check)
-        elif self.loop.time() - since >= self.timeout:
-            if not self.stalled.done():
-                self.stalled.set_result(None)
-        else:
-            self._timer = self.loop.call_at(since + self.timeout, self._check)
+    def _stalled(self) -> None:
+        if not self.stalled.done():
+            self.stalled.set_result(None)
 
     def stop(self) -> None:
-        self._timer.cancel()
+        self._timer.stop()
         if not self.stalled.done():
             self.stalled.cancel()
 
 
 EndCallback = Callable[[EndReason], None]
 
-_STREAM_HEADERS = {
+STREAM_HEADERS = {
     "cache-control": "no-cache, no-transform",
     "x-accel-buffering": "no",  # nginx: never buffer this response, whatever the config
     "x-content-type-options": "nosniff",
@@ -130,7 +120,7 @@ class StreamResponse(Response):
         self,
         events: AsyncIterator[Event | bytes],
         fmt: StreamFormat,
-        runtime: Runtime,
+        runtime: Runtime[CoreSettings],
         *,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
@@ -141,7 +131,7 @@ class StreamResponse(Response):
         self.status_code = status_code
         self.media_type = fmt.media_type
         self.background = None
-        self.init_headers({**_STREAM_HEADERS, **(headers or {})})
+        self.init_headers({**STREAM_HEADERS, **(headers or {})})
         self.events = events
         self.fmt = fmt
         self.runtime = runtime
@@ -343,129 +333,7 @@ async def _close(events: AsyncIterator[Event | bytes]) -> None:
             log.exception("closing the stream producer failed")
 
 
-class StreamTicket:
-    """Leave to start one stream: the worker is not draining and a cap slot is held.
-
-    Turn it into the response with :meth:`response`; if the stream never starts (an
-    upstream failed first), :meth:`release` gives the slot back. Either way, exactly once.
-    """
-
-    def __init__(self, request: Request, runtime: Runtime, slot: Slot) -> None:
-        self.request = request
-        self.runtime = runtime
-        self.slot = slot
-
-    def release(self) -> None:
-        self.slot.release()
-
-    def response(
-        self,
-        events: AsyncIterator[Event | bytes],
-        fmt: StreamFormat,
-        *,
-        headers: Mapping[str, str] | None = None,
-        on_end: list[EndCallback] | None = None,
-        drain: DrainPolicy = "reconnect",
-    ) -> StreamResponse:
-        slot = self.slot
-        all_headers = {**self.runtime.auth.renewal(self.request), **(headers or {})}
-        callbacks: list[EndCallback] = [lambda _: slot.release(), *(on_end or ())]
-        return StreamResponse(
-            events, fmt, self.runtime, headers=all_headers, on_end=callbacks, drain=drain
-        )
-
-
 def reconnect_hint(retry_ms: int, reason: str = "drain") -> Event:
     """ "Come back in ``retry_ms``": a drained stream's last event, or the whole answer an
     EventSource gets when its stream is refused for now (``reason``: drain, server_full)."""
     return Event(data={"reason": reason, "retry_ms": retry_ms}, event="reconnect", retry=retry_ms)
-
-
-class RefusedForNow(ApiError):
-    """A stream refused for now (the worker drains, the server is full): the refusal's 503 +
-    ``Retry-After``, but to an ``EventSource``, which gives up for good on any answer but a
-    200 event stream, a 200 holding only a reconnect hint (and its renewed cookie)."""
-
-    def __init__(
-        self,
-        refusal: ApiError,
-        reason: str,
-        retry_ms: int,
-        event_source: bool,
-        renewal: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            refusal.status, refusal.type, refusal.message, refusal.headers, None, refusal.fields
-        )
-        self.reason = reason  # the hint's: drain, server_full
-        self.retry_ms = retry_ms
-        self.event_source = event_source
-        self.renewal = dict(renewal or {})  # the stream-token cookie, for that reconnect
-
-    def response(self) -> Response:
-        if not self.event_source:
-            return super().response()
-        return Response(
-            encode(reconnect_hint(self.retry_ms, self.reason), StreamFormat.SSE),
-            media_type="text/event-stream",
-            headers={**_STREAM_HEADERS, **self.renewal},
-        )
-
-
-def _event_source(request: Request) -> bool:
-    """A browser's EventSource (or any SSE client): GET, asking for text/event-stream."""
-    return request.method == "GET" and "text/event-stream" in request.headers.get("accept", "")
-
-
-def _refused_for_now(
-    request: Request, refusal: ApiError, reason: str, retry_ms: int
-) -> RefusedForNow:
-    runtime: Runtime = request.app.state.runtime
-    event_source = _event_source(request)
-    renewal = runtime.auth.renewal(request) if event_source else None
-    return RefusedForNow(refusal, reason, retry_ms, event_source, renewal)
-
-
-async def open_stream(request: Request) -> StreamTicket:
-    """Leave to start a stream: refused while draining, and a stream-cap slot taken (429 when
-    the caller holds its maximum, 503 when the server or service does). Refusals for now
-    (drain, full) answer an EventSource with a reconnect hint (see :class:`RefusedForNow`):
-    after a full server's ``Retry-After`` plus a random share of it, so a refused crowd does
-    not come back at once."""
-    runtime: Runtime = request.app.state.runtime
-    retry_ms = runtime.settings.reconnect_retry_ms
-    if runtime.drain.refusing:
-        refusal = ApiError(
-            503,
-            "draining",
-            "this server is restarting; reconnect shortly",
-            headers={"Retry-After": str(max(1, round(retry_ms / 1000)))},
-        )
-        raise _refused_for_now(request, refusal, "drain", retry_ms)
-    try:
-        slot = await runtime.caps.acquire(request)
-    except ApiError as exc:
-        if exc.type != "server_full":
-            raise
-        back_off = int(exc.headers.get("Retry-After", "5")) * 1000
-        retry_ms = back_off + random.randint(0, back_off)
-        raise _refused_for_now(request, exc, "server_full", retry_ms) from None
-    return StreamTicket(request, runtime, slot)
-
-
-async def stream(
-    request: Request,
-    events: AsyncIterator[Event | bytes],
-    fmt: StreamFormat,
-    *,
-    headers: Mapping[str, str] | None = None,
-    on_end: list[EndCallback] | None = None,
-    drain: DrainPolicy = "reconnect",
-) -> StreamResponse:
-    """The response for a stream, once the worker may start one (see :func:`open_stream`).
-
-    The cap slot is released exactly once when the stream ends, however it ends, and a
-    browser's stream-token cookie is renewed so its automatic reconnect is let in.
-    """
-    ticket = await open_stream(request)
-    return ticket.response(events, fmt, headers=headers, on_end=on_end, drain=drain)

@@ -14,7 +14,8 @@ from sluice.events import Event
 from sluice.formats import StreamFormat, encode
 from sluice.runtime import Runtime
 from sluice.streaming import StreamError
-from sluice_services.chat_proxy.proxy import ChatProxy, Relay
+from sluice_services.chat_proxy.proxy import ChatProxy
+from sluice_services.chat_proxy.relay import Relay
 from sluice_services.chat_proxy.settings import ChatSettings
 
 pytestmark = pytest.mark.anyio

@@ -1,8 +1,8 @@
-"""The upstream client's own pieces: the stall timer, the pooled client, its settings."""
+"""The upstream client's own pieces: the pooled client, its settings (its stall timer is the
+core's: tests/sluice/test_timers.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,74 +12,10 @@ from pydantic import ValidationError
 
 from sluice_services.chat_proxy.frames import CommentTracker, FrameTooLarge, SseSplitter
 from sluice_services.chat_proxy.settings import ChatSettings
-from sluice_services.chat_proxy.upstream import EOF_MAX_BYTES, StallTimer, Upstream, first_chunk
+from sluice_services.chat_proxy.upstream import EOF_MAX_BYTES, Upstream, first_chunk
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-async def test_stall_timer_fails_a_read_waiting_past_the_timeout() -> None:
-    stalled = asyncio.Event()
-    timer = StallTimer(0.05, stalled.set)
-    timer.reading()
-    async with asyncio.timeout(1):
-        await stalled.wait()
-    timer.stop()
-
-
-async def test_stall_timer_ignores_time_spent_not_reading() -> None:
-    # The consumer was slow (a client behind backpressure): the upstream is not stalled.
-    stalled = asyncio.Event()
-    timer = StallTimer(0.05, stalled.set)
-    await asyncio.sleep(0.15)
-    assert not stalled.is_set()
-    timer.reading()  # the clock starts when the read does
-    await asyncio.sleep(0.02)
-    assert not stalled.is_set()
-    async with asyncio.timeout(1):
-        await stalled.wait()
-    timer.stop()
-
-
-async def test_stall_timer_is_rearmed_by_each_byte() -> None:
-    stalled = asyncio.Event()
-    timer = StallTimer(0.08, stalled.set)
-    for _ in range(5):
-        timer.reading()
-        await asyncio.sleep(0.03)
-        timer.got_bytes()
-    assert not stalled.is_set()
-    timer.stop()
-
-
-async def test_regression_a_heartbeating_upstream_never_timed_out() -> None:
-    # A stuck model server behind a framework that sends SSE comments (": ping") while
-    # idle re-armed the stall timer with each: the stream ran on for ever, no error.
-    stalled = asyncio.Event()
-    timer = StallTimer(0.2, stalled.set)
-    for _ in range(6):  # 6 x 0.06 s of pings: past the timeout in all
-        timer.reading()
-        await asyncio.sleep(0.06)
-        if stalled.is_set():
-            break
-        timer.got_bytes(counts=False)
-    assert stalled.is_set()
-    timer.stop()
-
-
-async def test_stall_timer_counts_waits_not_the_time_between_them() -> None:
-    stalled = asyncio.Event()
-    timer = StallTimer(0.2, stalled.set)
-    for _ in range(3):  # 3 x 0.05 s waiting for pings, with 0.3 s of not reading between
-        timer.reading()
-        await asyncio.sleep(0.05)
-        timer.got_bytes(counts=False)
-        await asyncio.sleep(0.3)
-    assert not stalled.is_set()
-    timer.reading()
-    async with asyncio.timeout(1):
-        await stalled.wait()  # the last 0.05 s of the 0.2 s
-    timer.stop()
 
 
 def test_settings_of_the_one_client(tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ print(response.status)
 """
 )
 
-LEASE_SECONDS = 30.0  # sluice.limits.LEASE_SECONDS: a slot's lease, refreshed every third
+LEASE_SECONDS = 30.0  # sluice.caps.LEASE_SECONDS: a slot's lease, refreshed every third
 
 
 def test_a_killed_replicas_stream_slots_come_back_within_the_lease(scaled: Stack) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from sluice.handoff import children
+from sluice.procfs import children, stat
 from tests.support.paths import ROOT
 from tests.support.procs import READY, start_local_stack
 
@@ -40,10 +40,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def command_of(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+    info = stat(pid)
+    return info.comm if info is not None else ""
 
 
 def status(url: str) -> int:

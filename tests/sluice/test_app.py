@@ -50,7 +50,7 @@ async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_
     # The 500 comes from Starlette's outermost middleware, outside the request middleware:
     # the access log said status 0 (and so did the request metric's label), and neither
     # the 500 nor its error log line carried the request id.
-    def build(runtime: Runtime) -> APIRouter:
+    def build(runtime: Runtime[CoreSettings]) -> APIRouter:
         router = APIRouter()
 
         @router.get("/boom")

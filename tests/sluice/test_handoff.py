@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from types import FrameType
 import pytest
 
 from sluice.drain import Drain, SignalDrain
-from sluice.handoff import Siblings, children
+from sluice.handoff import Siblings
 from sluice.logs import request_id_var
 
 pytestmark = pytest.mark.anyio
@@ -80,19 +79,6 @@ def master() -> Iterator[Master]:
 
 def siblings(folder: Path, master: Master, me: int = ME) -> Siblings:
     return Siblings(folder, me=me, parent=master.proc.pid)
-
-
-def test_children_are_live_children_only(master: Master) -> None:
-    a, b = master.fork(), master.fork()
-    assert children(master.proc.pid) == sorted([a, b])
-    master.kill(a)
-    assert children(master.proc.pid) == [b]
-    exited = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 5
-    while exited.pid in children(os.getpid()) and time.monotonic() < deadline:
-        time.sleep(0.01)  # a zombie until reaped: not a worker any more
-    assert exited.pid not in children(os.getpid())
-    exited.wait()
 
 
 def test_states_on_disk(tmp_path: Path, master: Master) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from sluice.handoff import children
+from sluice.procfs import children
 from sluice.registry import registry
 from sluice.serve import gunicorn_command
 from sluice_dev import nginx, prometheus, stack

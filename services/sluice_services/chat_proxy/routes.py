@@ -8,16 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from sluice.admission import StreamTicket, open_stream
 from sluice.body import BodyError, parse_json, parse_json_object, read_body
+from sluice.caller import caller_key
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
-from sluice.limits import caller_key
 from sluice.runtime import Runtime
-from sluice.streaming import StreamResponse, StreamTicket, open_stream
+from sluice.streaming import StreamResponse
 from sluice_services.chat_proxy.leaving import until_disconnect
-from sluice_services.chat_proxy.proxy import ChatProxy, Relay
+from sluice_services.chat_proxy.proxy import ChatProxy
+from sluice_services.chat_proxy.relay import Relay
 from sluice_services.chat_proxy.schema import validate
+from sluice_services.chat_proxy.settings import ChatSettings
 from sluice_services.chat_proxy.upstream import UpstreamError, UpstreamResponse, first_chunk
 from sluice_services.chat_proxy.usage import BadUsage, usage_counts
 
@@ -45,7 +48,7 @@ def _client_left() -> ApiError:
     )
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
     """The routes, around one ChatProxy whose upstream pool lives as long as the worker."""
     proxy = ChatProxy(runtime)
     runtime.resources.append(proxy.lifespan)

@@ -13,12 +13,13 @@ from limits.strategies import FixedWindowRateLimiter
 
 from sluice.errors import ApiError
 from sluice.runtime import Runtime
+from sluice.settings import CoreSettings
 
 
 class TokenBudget:
-    def __init__(self, runtime: Runtime, limit: str) -> None:
+    def __init__(self, runtime: Runtime[CoreSettings], limit: str) -> None:
         self.item = parse(limit)
-        self.strategy = FixedWindowRateLimiter(runtime.rates.limiter.limiter.storage)
+        self.strategy = FixedWindowRateLimiter(runtime.rates.storage)
         self.namespace = f"sluice:{runtime.settings.service_name}:tokens"
 
     def check(self, caller: str) -> None:

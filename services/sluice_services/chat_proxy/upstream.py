@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 from typing import Literal, Protocol
 
+from sluice.timers import StallTimer
 from sluice_services.chat_proxy.frames import CommentTracker
 from sluice_services.chat_proxy.http1 import Http1Error, Http1Pool, Http1Response
 from sluice_services.chat_proxy.settings import ChatSettings
@@ -48,48 +49,6 @@ class UpstreamResponse(Protocol):
     async def close(self) -> None:
         """Give the connection back, or drop it when the body was not read to its end."""
         ...
-
-
-class StallTimer:
-    """Fails a body read after ``timeout`` seconds of reading without the upstream saying
-    anything, with one lazily re-armed timer per response.
-
-    A read that has waited ``timeout`` seconds in all since the last bytes that *count*
-    is failed through ``on_stall``. Bytes that do not count (SSE comments: an upstream's
-    own ``: ping`` heartbeat, which a stuck model server goes on sending) end a wait
-    without resetting the silence. Time spent not reading (the client was slow) never
-    counts.
-    """
-
-    def __init__(self, timeout: float, on_stall: Callable[[], None]) -> None:
-        self.timeout = timeout
-        self.on_stall = on_stall
-        self.loop = asyncio.get_running_loop()
-        self.since = self.loop.time()  # when the current wait began
-        self.silent = 0.0  # seconds already waited, in earlier reads, since the last word
-        self.waiting = False
-        self._handle = self.loop.call_at(self.since + timeout, self._check)
-
-    def reading(self) -> None:
-        self.waiting = True
-        self.since = self.loop.time()
-
-    def got_bytes(self, counts: bool = True) -> None:
-        self.waiting = False
-        self.silent = 0.0 if counts else self.silent + self.loop.time() - self.since
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        due = self.since + self.timeout - self.silent
-        if self.waiting and now >= due:
-            self.on_stall()
-        elif self.waiting:
-            self._handle = self.loop.call_at(max(due, now + 0.01), self._check)
-        else:  # not reading: a full wait is left at most; look again then
-            self._handle = self.loop.call_at(now + self.timeout - self.silent, self._check)
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 class Upstream:
@@ -139,15 +98,18 @@ class _Response:
     async def chunks(self) -> AsyncIterator[bytes]:
         response = self._response
         stalled = Http1Error("timeout", "upstream stalled")
+        # Failed once reads have waited read_timeout in all since the upstream last said
+        # something: SSE comments (a stuck model server's own ": ping") are no progress, and
+        # time not reading (a slow client) does not count.
         timer = StallTimer(self.read_timeout, lambda: response.fail(stalled))
         comments = CommentTracker()
         try:
             while True:
-                timer.reading()
+                timer.wait_began()
                 chunk = await response.read_chunk()
                 if not chunk:
                     return
-                timer.got_bytes(comments.says_something(chunk))
+                timer.wait_ended(reset=comments.says_something(chunk))
                 yield chunk
         except Http1Error as exc:
             raise UpstreamError(exc.kind, str(exc)) from None

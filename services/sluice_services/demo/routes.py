@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 
+from sluice.admission import stream
 from sluice.events import Event
 from sluice.formats import StreamFormat
 from sluice.runtime import Runtime
-from sluice.streaming import StreamResponse, stream
+from sluice.streaming import StreamResponse
 from sluice_services.demo.settings import DemoSettings
 
 TOY_MESSAGES = (
@@ -45,9 +46,8 @@ async def random_events(interval: float) -> AsyncIterator[Event]:
         await asyncio.sleep(interval)
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime[DemoSettings]) -> APIRouter:
     settings = runtime.settings
-    assert isinstance(settings, DemoSettings)
     limit = runtime.rates.limit
     router = APIRouter(tags=["demo"])
 

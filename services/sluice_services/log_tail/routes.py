@@ -12,11 +12,12 @@ import re2
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
+from sluice.admission import stream
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format, encode
 from sluice.runtime import Runtime
-from sluice.streaming import StreamResponse, stream
+from sluice.streaming import StreamResponse
 from sluice_services.log_tail.files import parse_files
 from sluice_services.log_tail.metrics import GAPS, LINES_DELIVERED
 from sluice_services.log_tail.settings import LogTailSettings
@@ -32,9 +33,8 @@ _POSITION = re.compile(r"^([0-9]{1,20}):([0-9]{1,20})$")  # ASCII: \d matches an
 
 
 class LogTailService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime[LogTailSettings]) -> None:
         settings = runtime.settings
-        assert isinstance(settings, LogTailSettings)
         self.settings = settings
         self.files = parse_files(
             settings.log_tail_files, settings.log_tail_files_file, own_log=settings.log_file
@@ -75,7 +75,7 @@ def grep_filter(pattern: str | None, limit: int) -> Callable[[str], bool] | None
     return lambda text: compiled.search(text) is not None
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime[LogTailSettings]) -> APIRouter:
     service = LogTailService(runtime)
     runtime.resources.append(service.lifespan)
     settings = service.settings

@@ -12,12 +12,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from sluice.admission import stream
 from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.formats import StreamFormat
 from sluice.logs import request_id_var
 from sluice.runtime import Runtime
-from sluice.streaming import EndReason, StreamError, stream
+from sluice.streaming import EndReason, StreamError
 from sluice_services.mock_upstream.faults import Faults, FaultSpecError, parse_faults
 from sluice_services.mock_upstream.ledger import Entry, Ledger
 from sluice_services.mock_upstream.settings import MockSettings
@@ -78,9 +79,8 @@ def _openai_error(status: int, message: str) -> JSONResponse:
     )
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime[MockSettings]) -> APIRouter:
     settings = runtime.settings
-    assert isinstance(settings, MockSettings)
     models = [m.strip() for m in settings.mock_models.split(",") if m.strip()]
     ledger = Ledger()
     router = APIRouter(tags=["mock upstream"], route_class=JsonBodyRoute)

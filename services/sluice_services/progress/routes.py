@@ -13,12 +13,13 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
+from sluice.admission import stream
 from sluice.body import JsonBodyRoute
 from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.runtime import Runtime
-from sluice.streaming import StreamResponse, stream
+from sluice.streaming import StreamResponse
 from sluice_services.progress.kinds import KINDS
 from sluice_services.progress.metrics import (
     DELIVERY_LATENCY,
@@ -28,6 +29,7 @@ from sluice_services.progress.metrics import (
 )
 from sluice_services.progress.model import Job, JobEvent
 from sluice_services.progress.service import ProgressService
+from sluice_services.progress.settings import ProgressSettings
 
 log = logging.getLogger("progress")
 
@@ -44,7 +46,7 @@ def _owner(request: Request) -> str:
     return str(principal.key_id)
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime[ProgressSettings]) -> APIRouter:
     service = ProgressService(runtime)
     runtime.resources.append(service.lifespan)
     settings = service.settings

@@ -15,11 +15,13 @@ from arq.jobs import Job as ArqJob
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.runtime import Runtime
+from sluice_services.progress.attempt import execute
 from sluice_services.progress.kinds import CHECKSUM_FILES, load_checksum_files
+from sluice_services.progress.lease import Timing
 from sluice_services.progress.metrics import QUEUE_DEPTH
 from sluice_services.progress.model import Job
+from sluice_services.progress.reaper import reap
 from sluice_services.progress.redis_store import RedisStore
-from sluice_services.progress.runner import Timing, execute, reap
 from sluice_services.progress.settings import ProgressSettings
 from sluice_services.progress.store import JobStore, MemoryStore
 from sluice_services.progress.worker import QUEUE, redis_client, redis_store
@@ -100,9 +102,8 @@ class ArqRunner:
 
 
 class ProgressService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime[ProgressSettings]) -> None:
         settings = runtime.settings
-        assert isinstance(settings, ProgressSettings)
         self.settings = settings
         self.runtime = runtime
         CHECKSUM_FILES.update(load_checksum_files(settings.progress_checksum_files))

@@ -19,9 +19,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.logs import configure_logging
 from sluice.runtime import bounded_redis
+from sluice_services.progress.attempt import execute
 from sluice_services.progress.kinds import CHECKSUM_FILES, load_checksum_files
+from sluice_services.progress.lease import Timing
 from sluice_services.progress.redis_store import RedisStore
-from sluice_services.progress.runner import Timing, execute
 from sluice_services.progress.settings import ProgressSettings
 
 QUEUE = "sluice:progress:queue"

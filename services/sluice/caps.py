@@ -1,13 +1,9 @@
-"""How much one caller may do: request rates (slowapi) and concurrent-stream caps.
-
-Rates use slowapi's ``Limiter`` as a decorator on routes (never its ASGI middleware, which
-re-sends the response start on every chunk of a stream: slowapi #249). Storage is
-in-process per worker (``sluice-memory://``, see :mod:`sluice.limit_storage`), or Redis
-when ``SLUICE_REDIS_URL`` is set, so a limit holds across workers and replicas.
+"""How many streams one caller, one worker and the service may hold at once.
 
 Stream caps are checked before a stream starts and released exactly once when it ends:
 
-* per caller (API key id, else client address): 429 when over;
+* per caller (API key id, else client address, :func:`sluice.caller.caller_key`): 429
+  when over;
 * per worker: 503 (this server is full) when over;
 * with Redis, per caller and for the whole service across workers and replicas, as
   leases in a sorted set that a live stream refreshes, so a killed worker's slots expire.
@@ -16,30 +12,22 @@ Stream caps are checked before a stream starts and released exactly once when it
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
 from redis.asyncio import Redis
-from slowapi import Limiter
-from slowapi.errors import RateLimitExceeded
-from starlette.responses import Response
 
-from sluice import limit_storage  # registers sluice-memory:// with limits
-from sluice.errors import ApiError, error_response
+from sluice.caller import caller_key
+from sluice.errors import ApiError
 from sluice.metrics import RATE_LIMITED
 from sluice.request_context import route_template
 from sluice.settings import CoreSettings
 
 log = logging.getLogger("sluice.limits")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 LEASE_SECONDS = 30.0
 _ACQUIRE = """
@@ -49,82 +37,6 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
-
-
-def caller_key(request: Request) -> str:
-    """Rate-limit key: the API key id when authenticated, else the client address.
-
-    The client address is uvicorn's, which honours ``X-Forwarded-For`` only from
-    ``SLUICE_TRUSTED_PROXIES`` (gunicorn's ``forwarded_allow_ips``).
-    """
-    principal = getattr(request.state, "principal", None)
-    if principal is not None:
-        return f"key:{principal.key_id}"
-    client = request.client
-    return f"ip:{client.host if client else 'unknown'}"
-
-
-# slowapi asks for the key function's signature on every request; computed once, it is a
-# lookup instead of a walk through ``inspect`` (about 1% of a streaming worker's CPU).
-caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-defined]
-
-
-class RateLimits:
-    def __init__(self, settings: CoreSettings) -> None:
-        self.settings = settings
-        # slowapi's Redis client is synchronous: each check holds the worker's event loop, and
-        # every open stream with it. Bounded, a Redis that hangs costs a request a 503, not
-        # the worker its streams (redis-py waits forever by default).
-        timeout = settings.rate_limit_timeout
-        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        self.limiter = _Limiter(
-            key_func=caller_key,
-            storage_uri=settings.redis_url or f"{limit_storage.SCHEME}://",
-            storage_options=options if settings.redis_url else {},  # type: ignore[arg-type]
-            headers_enabled=True,
-            key_prefix=f"sluice:{settings.service_name}",
-            strategy="moving-window",
-        )
-
-    def limit(self, value: str | None = None) -> Callable[[F], F]:
-        """Decorator for a route: ``value`` or ``SLUICE_RATE_LIMIT`` per caller."""
-        decorator: Callable[[F], F] = self.limiter.limit(value or self.settings.rate_limit)
-        return decorator
-
-    async def exceeded(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RateLimitExceeded)
-        RATE_LIMITED.labels(self.settings.service_name, route_template(request.scope), "rate").inc()
-        headers: dict[str, str] = {}
-        current = getattr(request.state, "view_rate_limit", None)
-        retry_after = 1
-        if current is not None:
-            item, args = current
-            with contextlib.suppress(Exception):
-                reset, remaining = self.limiter.limiter.get_window_stats(item, *args)
-                retry_after = max(1, int(reset - time.time()) + 1)
-                headers["X-RateLimit-Limit"] = str(item.amount)
-                headers["X-RateLimit-Remaining"] = str(remaining)
-                headers["X-RateLimit-Reset"] = str(int(reset))
-        headers["Retry-After"] = str(retry_after)
-        return error_response(
-            429,
-            "rate_limited",
-            f"rate limit exceeded: {exc.detail}; retry in {retry_after} s",
-            headers,
-        )
-
-
-class _Limiter(Limiter):  # slowapi is untyped (Any): nothing for mypy to check here
-    """slowapi's limiter, but ``Retry-After`` only where it means something (429, 503):
-    slowapi's headers put one on every response, a 200 stream's included."""
-
-    def _inject_headers(self, response: Response, current_limit: Any) -> Response:
-        had_retry_after = "retry-after" in response.headers
-        response = super()._inject_headers(response, current_limit)
-        if not had_retry_after and response.status_code not in (429, 503):
-            with contextlib.suppress(KeyError):
-                del response.headers["retry-after"]
-        return response
 
 
 class Slot:

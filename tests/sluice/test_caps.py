@@ -1,4 +1,5 @@
-"""Rate limits and stream caps: refusals, headers, and slots released once on every end path."""
+"""Stream caps: refusals per key, worker and service, and slots released exactly once on
+every end path, in memory and through Redis leases."""
 
 from __future__ import annotations
 
@@ -11,58 +12,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 from fastapi import APIRouter, Request
-from pydantic import SecretStr
 
+from sluice.admission import stream
 from sluice.app import create_app
 from sluice.events import Event
 from sluice.formats import StreamFormat
-from sluice.metrics import RATE_LIMITED
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
-from sluice.streaming import EndReason, StreamResponse, stream
+from sluice.streaming import EndReason, StreamResponse
+from tests.sluice.test_rates import KEY_A, KEY_B, KEYS, bearer
 from tests.sluice.test_streaming import Probe, make_app
 from tests.support import asgi
 from tests.support.procs import Proc
 
 pytestmark = pytest.mark.anyio
-
-KEY_A = "sk-test-aaaaaaaaaaaaaaaaaaaaaaaa"
-KEY_B = "sk-test-bbbbbbbbbbbbbbbbbbbbbbbb"
-KEYS = SecretStr(f"{KEY_A},{KEY_B}")
-
-
-def bearer(key: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {key}")]
-
-
-def limited(limit: str) -> float:
-    return RATE_LIMITED.labels("test", "/ticks", limit)._value.get()  # type: ignore[attr-defined]
-
-
-async def test_rate_limit_is_429_json_with_headers_per_key() -> None:
-    before = limited("rate")
-    async with asgi.lifespan(
-        make_app(Probe(), public=False, api_keys=KEYS, rate_limit="3/minute")
-    ) as app:
-        ok = [await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A)) for _ in range(3)]
-        refused = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
-        other_key = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_B))
-    assert [r.status for r in ok] == [200, 200, 200]
-    assert ok[0].headers["x-ratelimit-limit"] == "3"
-    assert ok[2].headers["x-ratelimit-remaining"] == "0"
-    assert refused.status == 429
-    assert json.loads(refused.body)["error"]["type"] == "rate_limited"
-    assert 1 <= int(refused.headers["retry-after"]) <= 61
-    assert refused.headers["x-ratelimit-limit"] == "3"
-    assert refused.headers["x-ratelimit-remaining"] == "0"
-    assert other_key.status == 200
-    assert limited("rate") == before + 1
-
-
-async def test_anonymous_callers_are_limited_by_address() -> None:
-    async with asgi.lifespan(make_app(Probe(), rate_limit="2/minute")) as app:
-        codes = [(await asgi.request(app, "/ticks?count=1")).status for _ in range(3)]
-    assert codes == [200, 200, 429]
 
 
 async def _hold(app: object, key: str | None) -> asyncio.Task[asgi.Result]:
@@ -200,49 +163,13 @@ async def _try(caps: object, request: object) -> int:
     return 0
 
 
-async def test_rate_limits_shared_through_redis(redis_server: Proc) -> None:
-    settings = {
-        "public": False,
-        "api_keys": KEYS,
-        "redis_url": redis_server.extra["url"],
-        "rate_limit": "4/minute",
-        "service_name": f"rate-{time.time_ns()}",
-    }
-    one, two = make_app(Probe(), **settings), make_app(Probe(), **settings)
-    async with asgi.lifespan(one), asgi.lifespan(two):
-        codes = []
-        for i in range(6):
-            app = one if i % 2 else two
-            codes.append((await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))).status)
-    assert codes == [200, 200, 200, 200, 429, 429]
-
-
-async def test_regression_a_hung_redis_froze_the_worker_in_the_rate_limit_check() -> None:
-    # slowapi's Redis client is synchronous and redis-py waits forever by default: a Redis
-    # that accepts but never answers held the worker's event loop, and every stream on it.
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(16)  # the kernel completes the handshake; nothing ever answers
-        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
-        app = make_app(Probe(), public=False, api_keys=KEYS, redis_url=url, rate_limit_timeout=0.2)
-        async with asgi.lifespan(app):
-            started = time.monotonic()
-            result = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))
-            took = time.monotonic() - started
-    assert result.status == 503
-    error = json.loads(result.body)["error"]
-    assert error["type"] == "unavailable" and "Redis" in error["message"]
-    assert result.headers["retry-after"] == "1"
-    assert took < 5  # bounded by the timeout, not by TCP's minutes
-
-
 async def test_regression_a_hung_redis_held_a_new_stream_in_its_cap_lease_forever() -> None:
     # The core's async Redis client (stream-cap leases, readiness) had no timeout either: a
     # stream past the rate limit waited on a Redis that never answers, for ever.
     async def beats() -> AsyncIterator[Event]:
         yield Event(data="x")
 
-    def build(runtime: Runtime) -> APIRouter:
+    def build(runtime: Runtime[CoreSettings]) -> APIRouter:
         router = APIRouter()
 
         @router.get("/unlimited", response_class=StreamResponse)

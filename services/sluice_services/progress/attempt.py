@@ -1,22 +1,8 @@
-"""Running one job: its progress events, its lease, its one final event.
+"""Running one attempt of a job: its progress events, its lease, its one final event.
 
 The same code runs in the API process (embedded mode) and in the arq job worker (Redis
-mode). Starting an attempt gives it a lease named by a fencing token; every write the
-runner makes shows the token, and the store refuses it once the lease is gone.
-
-Lease timing (``Timing``), with ``L`` = ``SLUICE_PROGRESS_LEASE`` and ``G`` =
-``SLUICE_PROGRESS_LEASE_GRACE``:
-
-* the runner renews every ``L/3`` s; each renewal holds the job for ``L + L/3`` s by
-  Redis's clock, so a live runner's job always has at least ``L`` s of lease left;
-* the reaper takes a job only once its lease has been expired for ``G`` s, by Redis's
-  clock; then the job is ``failed`` (or queued again, for a kind with retries);
-* a runner that cannot renew gives the job up ``L + L/3 + G`` s after it sent its last
-  successful renewal (by its own clock, which started before Redis's did): it stops the
-  job's coroutine and publishes nothing more, at the latest when the reaper may act.
-
-So a pause of Redis, or a runner cut off from it, shorter than ``L + G`` loses no job,
-and a runner's death is noticed within ``L + L/3 + G`` s plus one reaper pass.
+mode). The attempt holds its job by a lease (:mod:`progress.lease`): it renews it, writes
+only while it holds it, and stops, publishing nothing more, once it is lost.
 """
 
 from __future__ import annotations
@@ -26,48 +12,20 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from sluice_services.progress.kinds import KINDS, JobFailed, Kind
-from sluice_services.progress.metrics import (
-    EVENTS_PUBLISHED,
-    JOB_DURATION,
-    JOBS_FINISHED,
-    JOBS_LOST,
-)
+from sluice_services.progress.lease import Timing
+from sluice_services.progress.metrics import EVENTS_PUBLISHED, JOB_DURATION, JOBS_FINISHED
 from sluice_services.progress.model import FINAL_EVENT, Job, State
-from sluice_services.progress.redis_store import RedisStore
 from sluice_services.progress.store import Fenced, JobStore, final_changes, final_data
 
-log = logging.getLogger("progress.runner")
+log = logging.getLogger("progress.attempt")
 
 # What a store call may raise while Redis is away: retried until the lease is given up.
 UNREACHABLE = (RedisError, OSError, TimeoutError)
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    lease: float
-    grace: float
-
-    @property
-    def interval(self) -> float:
-        """Seconds between renewals."""
-        return self.lease / 3
-
-    @property
-    def hold(self) -> float:
-        """Seconds one renewal holds the job, by Redis's clock."""
-        return self.lease + self.interval
-
-    @property
-    def give_up(self) -> float:
-        """Seconds after its last renewal a runner that cannot renew stops the job."""
-        return self.hold + self.grace
 
 
 class Reporter:
@@ -276,36 +234,3 @@ async def execute(store: JobStore, job_id: str, attempt: int, timing: Timing, se
         return
     kind = KINDS[job.kind]
     await JobRun(store, job, token, timing, service, sent).run(kind)
-
-
-async def reap(
-    store: RedisStore, timing: Timing, service: str, requeue: Callable[[Job], Awaitable[None]]
-) -> int:
-    """Fail (or retry, if its kind allows) every running job whose lease really expired."""
-    for job_id in await store.requeued():  # what an earlier pass took but could not queue
-        job = await store.get(job_id)
-        if job is not None and job.state == "queued":
-            await requeue(job)
-        await store.requeued_done(job_id)
-    reaped = 0
-    reason = f"the job's worker stopped responding (no heartbeat for {timing.give_up:g} s)"
-    for job_id in await store.expired():
-        job = await store.get(job_id)
-        if job is None or job.final:  # a stale entry: nothing can make such a job run again
-            await store.redis.zrem(store.running_key, job_id)
-            continue
-        kind = KINDS.get(job.kind)
-        retry = kind is not None and job.attempt <= kind.retries
-        message = f"{reason}; retrying (attempt {job.attempt + 1})" if retry else reason
-        if not await store.reap(job, retry, message):
-            continue  # renewed meanwhile, or another API process took it
-        reaped += 1
-        JOBS_LOST.labels(service, job.kind).inc()
-        if retry:
-            job.attempt += 1
-            job.state = "queued"
-            await requeue(job)
-            await store.requeued_done(job.id)
-        else:
-            JOBS_FINISHED.labels(service, job.kind, "failed").inc()
-    return reaped
