@@ -26,7 +26,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8001 8002 8003 8004 8009 8013
 # gunicorn drains on SIGTERM: streams are told to reconnect over SLUICE_DRAIN_WINDOW (10 s)
-# and workers get SLUICE_GRACEFUL_TIMEOUT (window + 5 s); give containers 30 s to stop.
+# and workers get gunicorn's graceful timeout (window + 5 s); give containers 30 s to stop.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-m", "sluice.healthcheck"]

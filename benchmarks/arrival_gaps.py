@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        demo = start_service("demo", Path(tmp), {"SLUICE_DEMO_COUNTER_DELAY": str(DELAY)})
+        demo = start_service("demo", Path(tmp), {"SLUICE_DEV_DEMO_COUNTER_DELAY": str(DELAY)})
         nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, Path(tmp))
         with running(nginx, demo):
             print(f"/dummy-counter, {args.streams} concurrent streams, configured gap {DELAY} s")

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
     core = {
-        "SLUICE_DEMO_COUNTER_DELAY": "0",
+        "SLUICE_DEV_DEMO_COUNTER_DELAY": "0",
         "SLUICE_RATE_LIMIT": "1000000/minute",
         "SLUICE_MAX_STREAMS_PER_KEY": "1000",
         "SLUICE_SERVICE_NAME": "demo",

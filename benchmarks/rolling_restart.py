@@ -27,8 +27,8 @@ from tests.support.procs import running, start_nginx, start_service, worker_pids
 from benchmarks.support import percentile, table
 
 ENV = {
-    "SLUICE_DEMO_COUNTER_DELAY": "0",
-    "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
+    "SLUICE_DEV_DEMO_COUNTER_DELAY": "0",
+    "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.1",
     "SLUICE_DRAIN_WINDOW": "2",
     "SLUICE_RATE_LIMIT": "1000000/minute",
     "SLUICE_MAX_STREAMS_PER_KEY": "100000",

@@ -70,7 +70,7 @@ def create_app(
             runtime.drain,
             settings.service_name,
             siblings=siblings,
-            handoff_timeout=settings.handoff_timeout,
+            handoff_timeout=settings.handoff_wait,
         )
         signal_drain.install()
         async with AsyncExitStack() as stack:
@@ -78,7 +78,7 @@ def create_app(
                 stack.push_async_callback(runtime.redis.aclose)
             for resource in [*resources, *runtime.resources]:
                 await stack.enter_async_context(resource(app))
-            _tune_gc(settings.gc_threshold)
+            _tune_gc(GC_THRESHOLD)
             log.info(
                 "service started",
                 extra={
@@ -143,6 +143,10 @@ def create_app(
         closing=lambda: drain.draining,
     )
     return app
+
+
+# Allocations between young collections on a streaming worker (CPython's default: 700).
+GC_THRESHOLD = 20_000
 
 
 def _tune_gc(threshold: int) -> None:

@@ -28,6 +28,9 @@ from sluice.request_context import route_template
 from sluice.settings import CoreSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Seconds one rate-limit check may wait for Redis: slowapi's client is synchronous, so the
+# wait holds the worker's event loop (every open stream); a hung Redis costs a request a 503.
+REDIS_TIMEOUT = 0.5
 
 
 class RateLimits:
@@ -36,12 +39,14 @@ class RateLimits:
         # slowapi's Redis client is synchronous: each check holds the worker's event loop, and
         # every open stream with it. Bounded, a Redis that hangs costs a request a 503, not
         # the worker its streams (redis-py waits forever by default).
-        timeout = settings.rate_limit_timeout
-        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options: dict[str, Any] = {
+            "socket_timeout": REDIS_TIMEOUT,
+            "socket_connect_timeout": REDIS_TIMEOUT,
+        }
         self.limiter = _Limiter(
             key_func=caller_key,
             storage_uri=settings.redis_url or f"{limit_storage.SCHEME}://",
-            storage_options=options if settings.redis_url else {},  # type: ignore[arg-type]
+            storage_options=options if settings.redis_url else {},
             headers_enabled=True,
             key_prefix=f"sluice:{settings.service_name}",
             strategy="moving-window",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from limits import parse as parse_limit
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -42,6 +42,12 @@ def field_bounds(field: FieldInfo) -> str | None:
     return ", ".join(parts) or None
 
 
+# What follows from the drain window: a worker's graceful timeout is the window plus this,
+# and a rolling restart's hand-over waits this many windows for the replacement to boot.
+GRACE_SECONDS = 5.0
+HANDOFF_WINDOWS = 3
+
+
 class RenamedSetting(FutureWarning):
     """A setting read under the name it had before this release (it works until the next)."""
 
@@ -60,8 +66,11 @@ class _RenamedSource(PydanticBaseSettingsSource):
         raise NotImplementedError  # __call__ reads every old name at once
 
     def __call__(self) -> dict[str, Any]:
-        renamed: Mapping[str, str] = getattr(self.settings_cls, "renamed", {})
-        retired: Mapping[str, str] = getattr(self.settings_cls, "retired", {})
+        renamed: dict[str, str] = {}
+        retired: dict[str, str] = {}
+        for klass in reversed(self.settings_cls.__mro__):  # a subclass adds to its bases'
+            renamed |= vars(klass).get("renamed", {})
+            retired |= vars(klass).get("retired", {})
         for old, instead in retired.items():
             for prefix in self.prefixes:
                 if f"{prefix}{old.upper()}" in os.environ:
@@ -130,6 +139,10 @@ class CoreSettings(ScopedSettings):
     """What the core itself reads. Service settings extend this class."""
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+    retired: ClassVar[Mapping[str, str]] = {
+        "gc_threshold": "the core tunes the collector itself",
+        "rate_limit_timeout": "the rate-limit check waits at most 0.5 s for Redis",
+    }
 
     service_name: str = Field("sluice", description="Service name in logs and metrics.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -147,22 +160,18 @@ class CoreSettings(ScopedSettings):
     drain_window: float = Field(
         10.0, ge=0, description="Seconds over which open streams are told to reconnect on SIGTERM."
     )
-    handoff_timeout: float = Field(
-        30.0,
-        ge=0,
-        description="In a rolling restart, seconds a worker serves on while its replacement boots.",
-    )
     worker_state_dir: Path | None = Field(
         None,
         description="Set by deploy/gunicorn.conf.py: where a master's workers say their state.",
     )
+    handoff_timeout: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds a worker serves on while its replacement boots (rolling restart);"
+        " unset: 3 x the drain window; 0: no hand-over.",
+    )
     reconnect_retry_ms: int = Field(
         2000, ge=0, description="SSE `retry:` hint sent with the drain reconnect event."
-    )
-    gc_threshold: int = Field(
-        20_000,
-        ge=0,
-        description="Allocations between young garbage collections (0: CPython's default).",
     )
 
     # Auth
@@ -192,11 +201,6 @@ class CoreSettings(ScopedSettings):
         le=1_073_741_824,
         description="Largest JSON request body (read before auth, so bounded); over it: 413.",
     )
-    rate_limit_timeout: float = Field(
-        0.5,
-        gt=0,
-        description="Seconds the rate-limit check waits for Redis (its client blocks the worker).",
-    )
     max_streams_per_key: int = Field(20, ge=1, description="Concurrent streams of one caller.")
     max_streams_per_worker: int = Field(1000, ge=1, description="Concurrent streams a worker.")
     max_streams_global: int = Field(
@@ -208,16 +212,24 @@ class CoreSettings(ScopedSettings):
     def _a_limit(cls, value: str) -> str:
         return rate_limit_string(value)
 
+    @property
+    def handoff_wait(self) -> float:
+        """In a rolling restart, how long a worker serves on while its replacement boots."""
+        if self.handoff_timeout is not None:
+            return self.handoff_timeout
+        return HANDOFF_WINDOWS * self.drain_window
+
 
 class ServerSettings(ScopedSettings):
     """What ``deploy/gunicorn.conf.py`` reads: the process model of one service."""
 
+    retired: ClassVar[Mapping[str, str]] = {
+        "graceful_timeout": "gunicorn's graceful timeout is SLUICE_DRAIN_WINDOW + 5 s",
+    }
+
     bind: str = Field("127.0.0.1:8000", description="host:port the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes.")
     drain_window: float = Field(10.0, ge=0)
-    graceful_timeout: float | None = Field(
-        None, gt=0, description="gunicorn graceful timeout; default drain window + 5 s."
-    )
     keepalive: int = Field(75, ge=1, description="Keep-alive seconds (above nginx's 60 s).")
     trusted_proxies: str = Field(
         "127.0.0.1", description="Comma-separated proxy addresses whose X-Forwarded-For is used."
@@ -235,18 +247,10 @@ class ServerSettings(ScopedSettings):
         description="Largest request line + headers; over it: 431 and the connection closed.",
     )
 
-    @model_validator(mode="after")
-    def _graceful_covers_drain(self) -> ServerSettings:
-        if self.graceful_timeout is not None and self.graceful_timeout <= self.drain_window:
-            raise ValueError(
-                f"SLUICE_GRACEFUL_TIMEOUT ({self.graceful_timeout}) must exceed "
-                f"SLUICE_DRAIN_WINDOW ({self.drain_window}) or open streams are killed mid-drain"
-            )
-        return self
-
     @property
     def effective_graceful_timeout(self) -> float:
-        return self.graceful_timeout if self.graceful_timeout is not None else self.drain_window + 5
+        """gunicorn's graceful timeout: the drain window, and time to record the ends."""
+        return self.drain_window + GRACE_SECONDS
 
 
 def rate_limit_string(value: str) -> str:

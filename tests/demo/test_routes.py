@@ -11,7 +11,9 @@ from tests.support import asgi
 
 pytestmark = pytest.mark.anyio
 
-FAST = DemoSettings(demo_toy_delay=0.05, demo_counter_delay=0.02, demo_events_interval=0.02)
+FAST = DemoSettings(
+    dev_demo_toy_delay=0.05, dev_demo_counter_delay=0.02, dev_demo_events_interval=0.02
+)
 
 
 async def test_toy_stream_sends_the_five_seed_messages_apart() -> None:

@@ -27,7 +27,13 @@ NAME = re.compile(r"\bSLUICE_[A-Z0-9_]+\b")
 
 
 def settings_names() -> set[str]:
-    return {f"SLUICE_{field.upper()}" for s in SETTINGS for field in s.model_fields}
+    """Every setting's name, and the old names a renamed or retired one is still read by."""
+    names = {f"SLUICE_{field.upper()}" for s in SETTINGS for field in s.model_fields}
+    for cls in SETTINGS:
+        for klass in cls.__mro__:
+            old = [*vars(klass).get("renamed", {}), *vars(klass).get("retired", {})]
+            names |= {f"SLUICE_{name.upper()}" for name in old}
+    return names
 
 
 def deploy_names() -> set[str]:

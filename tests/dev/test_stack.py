@@ -114,9 +114,11 @@ def test_a_bad_scoped_setting_is_named_as_given(tmp_path: Path) -> None:
 
 
 def test_rules_across_settings_and_unparsable_values_are_reported(tmp_path: Path) -> None:
+    own = tmp_path / "own.log"
+    env = {"SLUICE_LOG_TAIL__LOG_FILE": str(own), "SLUICE_LOG_TAIL_FILES": f"self={own}"}
     with pytest.raises(SystemExit) as refused:
-        prepare(tmp_path, {"SLUICE_GRACEFUL_TIMEOUT": "5"})
-    assert "SLUICE_GRACEFUL_TIMEOUT (5.0) must exceed SLUICE_DRAIN_WINDOW (10.0)" in str(
+        prepare(tmp_path, env)
+    assert "is log-tail's own SLUICE_LOG_FILE; following it would feed itself [log-tail]" in str(
         refused.value
     )
     with pytest.raises(SystemExit) as refused:
@@ -144,6 +146,32 @@ def test_regression_settings_parsed_only_at_app_start_passed_the_preflight(
         prepare(tmp_path, {name: value})
     assert f"{name}={value!r}" in str(refused.value) and says in str(refused.value)
     assert not (tmp_path / "Procfile").exists()
+
+
+def test_renamed_and_retired_settings_are_said_once_and_stop_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check.RENAMED.clear()
+    env = {"SLUICE_DEMO_TOY_DELAY": "0.5", "SLUICE_GRACEFUL_TIMEOUT": "60"}
+    prepare(tmp_path, env)
+    said = capsys.readouterr().out.splitlines()
+    assert (
+        said.count(
+            "make run: SLUICE_DEMO_TOY_DELAY is now SLUICE_DEV_DEMO_TOY_DELAY"
+            " (the old name works until the next release)"
+        )
+        == 1
+    )
+    assert (
+        said.count(
+            "make run: SLUICE_GRACEFUL_TIMEOUT is no longer read:"
+            " gunicorn's graceful timeout is SLUICE_DRAIN_WINDOW + 5 s"
+        )
+        == 1
+    )
+    assert (tmp_path / "stop-timeout").read_text() == "20\n"  # the default window's, not 60
+    demo = procfile_settings(tmp_path, env)["demo"]
+    assert demo.dev_demo_toy_delay == 0.5  # the old name still reached the service
 
 
 def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
@@ -214,14 +242,14 @@ def procfile_settings(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def test_a_scoped_setting_reaches_only_its_service_under_make_run(tmp_path: Path) -> None:
-    env = {"SLUICE_CHAT_PROXY__PUBLIC_ROUTES": "", "SLUICE_DEMO_TOY_DELAY": "0.25"}
+    env = {"SLUICE_CHAT_PROXY__PUBLIC_ROUTES": "", "SLUICE_DEV_DEMO_TOY_DELAY": "0.25"}
     prepare(tmp_path, env)
     settings = procfile_settings(tmp_path, env)
     assert set(settings) == set(SERVICES)
     assert settings["chat-proxy"].public_routes == ""
     for name in ("demo", "progress", "log-tail", "mock-upstream"):
         assert settings[name].public_routes is None, name  # their defaults
-    assert settings["demo"].demo_toy_delay == 0.25  # plain settings still reach everyone
+    assert settings["demo"].dev_demo_toy_delay == 0.25  # plain settings still reach everyone
 
 
 def test_the_plain_setting_reaches_every_service_and_the_scoped_one_wins() -> None:

@@ -9,9 +9,9 @@ import redis as redis_sync
 from tests.support.procs import Proc, running, start_nginx, start_service
 
 DEMO_ENV = {
-    "SLUICE_DEMO_TOY_DELAY": "0.3",
-    "SLUICE_DEMO_COUNTER_DELAY": "0.2",
-    "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
+    "SLUICE_DEV_DEMO_TOY_DELAY": "0.3",
+    "SLUICE_DEV_DEMO_COUNTER_DELAY": "0.2",
+    "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.1",
     "SLUICE_HEARTBEAT_INTERVAL": "5",
 }
 
@@ -45,8 +45,8 @@ def secured(log_dir: Path, redis_server: Proc) -> Iterator[tuple[Proc, Proc]]:
         "SLUICE_REDIS_URL": redis_server.extra["url"],
         "SLUICE_RATE_LIMIT": "6/minute",
         "SLUICE_MAX_STREAMS_PER_KEY": "3",
-        "SLUICE_DEMO_TOY_DELAY": "0.2",
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
+        "SLUICE_DEV_DEMO_TOY_DELAY": "0.2",
+        "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.1",
     }
     redis_sync.Redis.from_url(redis_server.extra["url"]).flushdb()
     demo = start_service("demo", log_dir, env, workers=2)

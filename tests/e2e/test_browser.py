@@ -192,7 +192,7 @@ def test_browser_stream_outlives_its_token_through_a_rolling_restart(
         "SLUICE_STREAM_TOKEN_TTL": "2",
         "SLUICE_DRAIN_WINDOW": "1",
         "SLUICE_RECONNECT_RETRY_MS": "500",
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.2",
+        "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.2",
     }
     demo = start_service("demo", log_dir, env, workers=1)
     nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)

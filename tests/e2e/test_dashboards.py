@@ -128,12 +128,14 @@ def test_every_panel_query_returns_data(log_dir: Path, redis_server: Proc, tmp_p
     common = {
         "SLUICE_API_KEYS": KEY,
         "SLUICE_DRAIN_WINDOW": "1",
-        "SLUICE_DEMO_COUNTER_DELAY": "0.01",
-        "SLUICE_DEMO_TOY_DELAY": "0.01",
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.05",
+        "SLUICE_DEV_DEMO_COUNTER_DELAY": "0.01",
+        "SLUICE_DEV_DEMO_TOY_DELAY": "0.01",
+        "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.05",
     }
     worker_port = free_port()
-    mock = start_service("mock-upstream", log_dir, {"SLUICE_MOCK_TOKEN_DELAY": "0.005"}, workers=1)
+    mock = start_service(
+        "mock-upstream", log_dir, {"SLUICE_DEV_MOCK_TOKEN_DELAY": "0.005"}, workers=1
+    )
     demo = start_service("demo", log_dir, {**common, "SLUICE_RATE_LIMIT": "5/minute"}, workers=2)
     chat = start_service(
         "chat-proxy", log_dir, {**common, "SLUICE_UPSTREAM_BASE_URL": f"{mock.url}/v1"}, workers=1

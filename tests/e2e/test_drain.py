@@ -68,9 +68,9 @@ def test_sigterm_drains_every_stream_with_a_reconnect_hint(log_dir: Path) -> Non
     env = {
         "SLUICE_DRAIN_WINDOW": str(WINDOW),
         "SLUICE_RECONNECT_RETRY_MS": "1500",
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
-        "SLUICE_DEMO_TOY_DELAY": "5",
-        "SLUICE_DEMO_COUNTER_DELAY": "0.1",
+        "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.1",
+        "SLUICE_DEV_DEMO_TOY_DELAY": "5",
+        "SLUICE_DEV_DEMO_COUNTER_DELAY": "0.1",
     }
     demo = start_service("demo", log_dir, env, workers=2)
     nginx = start_nginx({"demo": f"127.0.0.1:{demo.port}"}, log_dir)
@@ -156,8 +156,8 @@ def test_sighup_replaces_workers_without_a_gap_or_a_refusal(log_dir: Path) -> No
     its replacement is ready, then drains; no request in between is refused or lost."""
     env = {
         "SLUICE_DRAIN_WINDOW": str(WINDOW),
-        "SLUICE_DEMO_EVENTS_INTERVAL": "0.1",
-        "SLUICE_DEMO_COUNTER_DELAY": "0",
+        "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.1",
+        "SLUICE_DEV_DEMO_COUNTER_DELAY": "0",
         "SLUICE_RATE_LIMIT": "100000/minute",
     }
     demo = start_service("demo", log_dir, env, workers=1)

@@ -42,7 +42,7 @@ def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
             "SLUICE_RATE_LIMIT": "100000/minute",
             "SLUICE_MAX_STREAMS_PER_KEY": "1000",
             "SLUICE_DRAIN_WINDOW": "2",
-            "SLUICE_DEMO_EVENTS_INTERVAL": "0.2",
+            "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.2",
         },
     )
     env, key, base = stack.env, stack.key, stack.base

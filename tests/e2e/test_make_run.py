@@ -68,7 +68,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
     # compose's .env, made as the README's compose steps make it: make run must not read it
     (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
     with (tmp_path / ".env").open("a") as env_file:
-        env_file.write("SLUICE_API_KEYS=sk-change-me-before-use\nSLUICE_DEMO_TOY_DELAY=30\n")
+        env_file.write("SLUICE_API_KEYS=sk-change-me-before-use\nSLUICE_DEV_DEMO_TOY_DELAY=30\n")
     scoped = {
         "SLUICE_CHAT_PROXY__PUBLIC_ROUTES": "",  # the README's advice, for chat-proxy only
         "SLUICE_DEMO__DRAIN_WINDOW": str(DEMO_DRAIN_WINDOW),

@@ -36,7 +36,7 @@ class Stack:
             "SLUICE_SERVICE_NAME": "progress",
             "SLUICE_PROGRESS_WORKER_METRICS_PORT": "0",
             "SLUICE_RATE_LIMIT": "10000/minute",
-            "SLUICE_PROGRESS_SEED_DELAY": "0.01",
+            "SLUICE_DEV_PROGRESS_SEED_DELAY": "0.01",
         }
         self.api = start_service("progress", log_dir, self.env, workers=2)
         self.worker = self.start_worker()

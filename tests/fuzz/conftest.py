@@ -68,7 +68,7 @@ class FuzzStack:
         if name == "mock-upstream":
             return {
                 "SLUICE_API_KEYS": f"{FUZZ_KEY},{UPSTREAM_KEY}",
-                "SLUICE_MOCK_TOKEN_DELAY": "0.005",
+                "SLUICE_DEV_MOCK_TOKEN_DELAY": "0.005",
             }
         if name == "chat-proxy":
             return {
@@ -79,14 +79,14 @@ class FuzzStack:
             }
         if name == "demo":
             return {
-                "SLUICE_DEMO_TOY_DELAY": "0.01",
-                "SLUICE_DEMO_COUNTER_DELAY": "0.01",
-                "SLUICE_DEMO_EVENTS_INTERVAL": "0.01",
+                "SLUICE_DEV_DEMO_TOY_DELAY": "0.01",
+                "SLUICE_DEV_DEMO_COUNTER_DELAY": "0.01",
+                "SLUICE_DEV_DEMO_EVENTS_INTERVAL": "0.01",
             }
         if name == "progress":
             return {
-                "SLUICE_PROGRESS_SEED_STEPS": "5",
-                "SLUICE_PROGRESS_SEED_DELAY": "0.01",
+                "SLUICE_DEV_PROGRESS_SEED_STEPS": "5",
+                "SLUICE_DEV_PROGRESS_SEED_DELAY": "0.01",
                 "SLUICE_PROGRESS_CHECKSUM_MAX_MB": "4",  # a fuzzed checksum job stays cheap
             }
         if name == "log-tail":
@@ -96,7 +96,7 @@ class FuzzStack:
                 # one file that exists, one that does not (yet)
                 "SLUICE_LOG_TAIL_FILES": f"app={app_log},missing={self.folder / 'missing.log'}",
                 "SLUICE_LOG_TAIL_POLL_INTERVAL": "0.1",
-                "SLUICE_LOG_TAIL_SEED_DELAY": "0.01",
+                "SLUICE_DEV_LOG_TAIL_SEED_DELAY": "0.01",
             }
         raise KeyError(name)
 

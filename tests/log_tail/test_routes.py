@@ -72,7 +72,7 @@ def app_with(tmp_path: Path, **overrides: Any) -> Any:
         "api_keys": SecretStr(KEY),
         "log_tail_files": f"app={log}",
         "log_tail_poll_interval": 0.05,
-        "log_tail_seed_delay": 0.001,
+        "dev_log_tail_seed_delay": 0.001,
         **overrides,
     }
     return create_app(LogTailSettings(**values))

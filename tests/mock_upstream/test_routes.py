@@ -12,7 +12,7 @@ from tests.support import asgi
 
 pytestmark = pytest.mark.anyio
 
-FAST = MockSettings(mock_token_delay=0, mock_tokens=5)
+FAST = MockSettings(dev_mock_token_delay=0, dev_mock_tokens=5)
 JSON = ("content-type", "application/json")
 
 

@@ -37,7 +37,6 @@ def faults_app(redis_url: str) -> Any:
         progress_lease_grace=GRACE,
         redis_timeout=0.5,
         rate_limit="1000/minute",
-        rate_limit_timeout=0.3,
     )
     return create_app(settings)
 
@@ -48,7 +47,7 @@ AUTH = [("authorization", f"Bearer {KEY}"), ("content-type", "application/json")
 async def test_rate_limited_routes_answer_503_promptly_while_redis_is_stopped_and_streams_beat(
     own_redis: Proc,
 ) -> None:
-    """(d): SLUICE_RATE_LIMIT_TIMEOUT holds for progress routes under SIGSTOP; a stream
+    """(d): the rate-limit check's Redis bound holds for progress routes under SIGSTOP; a stream
     already open keeps sending heartbeats meanwhile."""
     async with asgi.lifespan(faults_app(own_redis.extra["url"])) as app:
         body = json.dumps({"kind": "simulate", "params": {"steps": 3, "delay": 20}}).encode()

@@ -31,7 +31,7 @@ B = [("authorization", f"Bearer {KEY_B}"), ("content-type", "application/json")]
 def app_with(**overrides: Any) -> Any:
     values: dict[str, Any] = {
         "api_keys": SecretStr(f"{KEY_A},{KEY_B}"),
-        "progress_seed_delay": 0.001,
+        "dev_progress_seed_delay": 0.001,
         "heartbeat_interval": 0.2,
         **overrides,
     }

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi import APIRouter
 
-from sluice.app import create_app
+from sluice.app import GC_THRESHOLD, create_app
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 from tests.support import asgi, logs
@@ -31,17 +31,10 @@ def gc_state() -> Iterator[None]:
 async def test_startup_freezes_what_it_built_and_raises_the_young_gc_threshold() -> None:
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
-    app = create_app(CoreSettings(gc_threshold=12_345), title="gc")
+    app = create_app(CoreSettings(), title="gc")
     async with asgi.lifespan(app):
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (12_345, 10, 10)
-
-
-@pytest.mark.usefixtures("gc_state")
-async def test_gc_threshold_zero_keeps_cpythons_default() -> None:
-    gc.set_threshold(700, 10, 10)
-    async with asgi.lifespan(create_app(CoreSettings(gc_threshold=0), title="gc")):
-        assert gc.get_threshold() == (700, 10, 10)
+        assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
 
 
 async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_request_id() -> (

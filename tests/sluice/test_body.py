@@ -140,7 +140,7 @@ async def _progress(raw: bytes) -> asgi.Result:
 
 
 async def _mock(raw: bytes) -> asgi.Result:
-    settings = MockSettings(mock_token_delay=0, mock_tokens=2, service_name="mock-body")
+    settings = MockSettings(dev_mock_token_delay=0, dev_mock_tokens=2, service_name="mock-body")
     async with asgi.lifespan(mock_app(settings)) as app:
         return await asgi.request(
             app, "/v1/chat/completions", method="POST", headers=[JSON], body=raw

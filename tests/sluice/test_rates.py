@@ -85,7 +85,7 @@ async def test_regression_a_hung_redis_froze_the_worker_in_the_rate_limit_check(
         hung.bind(("127.0.0.1", 0))
         hung.listen(16)  # the kernel completes the handshake; nothing ever answers
         url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
-        app = make_app(Probe(), public=False, api_keys=KEYS, redis_url=url, rate_limit_timeout=0.2)
+        app = make_app(Probe(), public=False, api_keys=KEYS, redis_url=url)
         async with asgi.lifespan(app):
             started = time.monotonic()
             result = await asgi.request(app, "/ticks?count=1", headers=bearer(KEY_A))

@@ -16,7 +16,7 @@ UPSTREAM_KEY_ID = hashlib.sha256(UPSTREAM_KEY.encode()).hexdigest()[:8]
 def mock_upstream_proc(log_dir: Path) -> Iterator[Proc]:
     """A real mock upstream that demands its own key, like a hosted model server."""
     env = {
-        "SLUICE_MOCK_TOKEN_DELAY": "0.005",
+        "SLUICE_DEV_MOCK_TOKEN_DELAY": "0.005",
         "SLUICE_API_KEYS": UPSTREAM_KEY,
         "SLUICE_PUBLIC_ROUTES": "/mock/stats,/mock/requests/{request_id}",
     }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator
@@ -9,6 +10,9 @@ from sluice.settings import CoreSettings, rate_limit_string
 
 class ChatSettings(CoreSettings):
     service_name: str = "chat-proxy"
+    retired: ClassVar[dict[str, str]] = {
+        "upstream_max_connections": "the pool per worker follows SLUICE_MAX_STREAMS_PER_WORKER",
+    }
     upstream_base_url: str = Field(
         "http://127.0.0.1:8009/v1", description="OpenAI-compatible base URL (…/v1)."
     )
@@ -20,7 +24,6 @@ class ChatSettings(CoreSettings):
     upstream_read_timeout: float = Field(
         60.0, gt=0, description="Longest upstream silence (first token included) before failing."
     )
-    upstream_max_connections: int = Field(1000, ge=1, description="Pool size per worker.")
     upstream_max_response_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest non-streamed upstream answer."
     )

@@ -134,7 +134,7 @@ def make_upstream(settings: ChatSettings) -> Upstream:
         settings.upstream_base_url,
         settings.upstream_connect_timeout,
         settings.upstream_read_timeout,
-        settings.upstream_max_connections,
+        settings.max_streams_per_worker,  # one connection a stream: the pool follows the cap
         max_response_bytes=settings.upstream_max_response_bytes,
         ca_bundle=str(settings.upstream_ca_bundle) if settings.upstream_ca_bundle else None,
     )

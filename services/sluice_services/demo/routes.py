@@ -54,19 +54,19 @@ def build_router(runtime: Runtime[DemoSettings]) -> APIRouter:
     @router.get("/toy-stream", response_class=StreamResponse, summary="Five lines, 1 s apart")
     @limit()
     async def toy_stream(request: Request) -> StreamResponse:
-        events = toy_messages(settings.demo_toy_delay)
+        events = toy_messages(settings.dev_demo_toy_delay)
         return await stream(request, events, StreamFormat.TEXT, drain="finish")
 
     @router.get("/dummy-counter", response_class=StreamResponse, summary="Count: 1..10")
     @limit()
     async def dummy_counter(request: Request) -> StreamResponse:
-        events = counter(settings.demo_counter_delay)
+        events = counter(settings.dev_demo_counter_delay)
         return await stream(request, events, StreamFormat.TEXT, drain="finish")
 
     @router.get("/dummy-events", response_class=StreamResponse, summary="Endless random SSE")
     @limit()
     async def dummy_events(request: Request) -> StreamResponse:
-        events = random_events(settings.demo_events_interval)
+        events = random_events(settings.dev_demo_events_interval)
         return await stream(request, events, StreamFormat.SSE)
 
     return router

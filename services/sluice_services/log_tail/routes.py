@@ -90,7 +90,7 @@ def build_router(runtime: Runtime[LogTailSettings]) -> APIRouter:
             principal = getattr(request.state, "principal", None)
             names = sorted(service.tailers) if principal is not None else []
             return JSONResponse({"files": names})
-        seed = _seed(settings.log_tail_seed_delay)
+        seed = _seed(settings.dev_log_tail_seed_delay)
         return await stream(request, seed, StreamFormat.TEXT, drain="finish")  # finite
 
     @router.get("/logs/{name}", response_class=StreamResponse)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -10,6 +11,7 @@ from sluice_services.log_tail.files import parse_files
 
 class LogTailSettings(CoreSettings):
     service_name: str = "log-tail"
+    renamed: ClassVar[dict[str, str]] = {"log_tail_seed_delay": "dev_log_tail_seed_delay"}
     log_tail_files: str = Field("", description="name=path pairs, comma-separated.")
     log_tail_files_file: Path | None = Field(None, description="A file of name=path lines.")
     log_tail_max_lines: int = Field(1000, ge=1, le=100_000, description="Largest ?lines=.")
@@ -24,7 +26,9 @@ class LogTailSettings(CoreSettings):
         16 * 1024 * 1024, ge=1024, description="Most a resume reads back from the file."
     )
     log_tail_grep_max: int = Field(256, ge=1, le=4096, description="Longest grep pattern.")
-    log_tail_seed_delay: float = Field(1.5, ge=0, description="Seconds between /logs demo lines.")
+    dev_log_tail_seed_delay: float = Field(
+        1.5, ge=0, description="Seconds between /logs demo lines."
+    )
 
     # Parsed here too, not only when the app is built, so a bad list is named as a setting
     # before anything starts (a ConfigError is a ValueError).

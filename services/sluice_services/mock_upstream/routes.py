@@ -114,10 +114,10 @@ def build_router(runtime: Runtime[MockSettings]) -> APIRouter:
             ledger.close(entry, f"status_{faults.status}")
             return _openai_error(faults.status, f"mock upstream failure {faults.status}")
         limit = body.max_completion_tokens or body.max_tokens
-        count = faults.tokens or settings.mock_tokens
+        count = faults.tokens or settings.dev_mock_tokens
         if limit is not None:
             count = min(count, limit)
-        delay = faults.delay if faults.delay is not None else settings.mock_token_delay
+        delay = faults.delay if faults.delay is not None else settings.dev_mock_token_delay
         prompt = _prompt_tokens(body)
         completion_id = f"chatcmpl-mock-{request_id[:24]}"
         if not body.stream:

@@ -175,7 +175,7 @@ def build_router(runtime: Runtime[ProgressSettings]) -> APIRouter:
     async def seed_progress(request: Request) -> StreamResponse:
         return await stream(
             request,
-            _seed(settings.progress_seed_steps, settings.progress_seed_delay),
+            _seed(settings.dev_progress_seed_steps, settings.dev_progress_seed_delay),
             StreamFormat.SSE,
         )
 
