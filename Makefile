@@ -25,6 +25,7 @@ help:
 	@echo "make venv           the virtualenv with the pinned dependencies"
 	@echo "make system-deps    nginx (make run's); system-deps-test: what make test needs"
 	@echo "make clean          remove the venv, .run/ and the tools' caches"
+	@echo "make help           this list (what make with no target shows)"
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -80,7 +81,7 @@ lint: venv
 	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: venv
-	$(BIN)/mypy --strict services/ dev/
+	$(BIN)/mypy --strict services/ dev/ tests/
 
 pytest: venv system-deps-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

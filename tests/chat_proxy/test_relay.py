@@ -44,7 +44,7 @@ class _Response:
     def header(self, name: str) -> str | None:
         return None
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
         return b""
 
     def chunks(self) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ from sluice_services.chat_proxy.settings import ChatSettings
 from sluice_services.mock_upstream.routes import mock_text
 from tests.chat_proxy.conftest import CALLER_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ID
 from tests.support import asgi
+from tests.support.metrics import counted
 from tests.support.procs import Proc, free_port
 
 pytestmark = pytest.mark.anyio
@@ -68,7 +69,7 @@ def data_lines(text: str) -> list[str]:
 
 
 def errors(kind: str) -> float:
-    return UPSTREAM_ERRORS.labels("chat-proxy", kind)._value.get()  # type: ignore[attr-defined]
+    return counted(UPSTREAM_ERRORS.labels("chat-proxy", kind))
 
 
 async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream: Proc) -> None:
@@ -116,13 +117,13 @@ async def test_usage_is_forwarded_when_asked(mock_upstream: Proc) -> None:
 
 
 async def test_non_stream_and_unknown_fields_pass_through(mock_upstream: Proc) -> None:
-    before = TOKENS.labels("chat-proxy", "mock-gpt", "completion")._value.get()  # type: ignore[attr-defined]
+    before = counted(TOKENS.labels("chat-proxy", "mock-gpt", "completion"))
     async with asgi.lifespan(create_app(settings(mock_upstream))) as app:
         result = await post(app, body(stream=False, seed=42, logit_bias={}), rid="chat-extra-1")
     assert json.loads(result.body)["choices"][0]["message"]["content"] == mock_text(20)
     seen = await seen_by(mock_upstream, "chat-extra-1")
     assert seen["extra_fields"] == ["logit_bias", "seed"]
-    after = TOKENS.labels("chat-proxy", "mock-gpt", "completion")._value.get()  # type: ignore[attr-defined]
+    after = counted(TOKENS.labels("chat-proxy", "mock-gpt", "completion"))
     assert after - before == 20
 
 

@@ -184,7 +184,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         time.sleep(2.5)  # every stream is open and has had an event
     finally:
         started = time.monotonic()
-        code = stack.stop()  # SIGINT, as Ctrl-C
+        exit_code = stack.stop()  # SIGINT, as Ctrl-C
     took = time.monotonic() - started
     for thread in streams:
         thread.join(5)
@@ -196,7 +196,7 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
     # Everything stopped by itself, before honcho's SIGKILL (the longest graceful timeout,
     # demo's window + 5 s, plus 5 s): on a loaded 2-core machine a drain's tail takes time.
     assert took < (DEMO_DRAIN_WINDOW + 5) + 5, took
-    assert code is not None
+    assert exit_code is not None
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
     ).stdout.split()

@@ -163,11 +163,7 @@ async def test_regression_a_job_whose_queueing_failed_was_a_503_yet_ran(
         client = Redis.from_url(own_redis.extra["url"])
         try:
             keys = [k async for k in client.scan_iter(match="*requeue*")]
-            waiting = [
-                m.decode()
-                for k in keys
-                for m in await client.zrange(k, 0, -1)  # type: ignore[union-attr]
-            ]
+            waiting = [m.decode() for k in keys for m in await client.zrange(k, 0, -1)]
         finally:
             await client.aclose()
     assert created.status == 202, created.body

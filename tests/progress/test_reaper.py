@@ -59,7 +59,8 @@ async def test_a_redis_pause_shorter_than_lease_plus_grace_loses_no_job(own_redi
     async with store_on(own_redis) as store:
         jobs = [await submit(store, "simulate", {"steps": 40, "delay": 0.03}) for _ in range(8)]
         runs = [asyncio.create_task(execute(store, j.id, 1, TIMING, "test")) for j in jobs]
-        stop, requeued = asyncio.Event(), []
+        stop = asyncio.Event()
+        requeued: list[Job] = []
         reaping = asyncio.create_task(reaper(store, requeued, stop))
         await asyncio.sleep(0.3)
         async with paused(own_redis, LEASE + GRACE - 0.3):
@@ -86,7 +87,8 @@ async def test_a_redis_pause_longer_than_the_lease_fails_each_job_once_or_retrie
         retried = [await submit(store, "checksum", {"size_mb": 2000}) for _ in range(2)]
         jobs = plain + retried
         runs = [asyncio.create_task(execute(store, j.id, 1, TIMING, "test")) for j in jobs]
-        stop, requeued = asyncio.Event(), []
+        stop = asyncio.Event()
+        requeued: list[Job] = []
         reaping = asyncio.create_task(reaper(store, requeued, stop))
         await asyncio.sleep(0.4)
         paused_at = time.monotonic()

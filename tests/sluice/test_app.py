@@ -6,10 +6,10 @@ import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import APIRouter
+from starlette.types import Message, Scope
 
 from sluice.app import GC_THRESHOLD, create_app
 from sluice.runtime import Runtime
@@ -53,15 +53,15 @@ async def test_regression_an_unhandled_error_was_logged_as_status_0_without_its_
         return router
 
     app = create_app(CoreSettings(public_routes="/boom"), title="boom", routers=[build])
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         messages.append(message)
 
-    scope = {
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from sluice.auth import COOKIE_NAME, KeyStore, TokenSigner
@@ -14,6 +15,7 @@ from sluice.metrics import AUTH_FAILURES
 from sluice.settings import CoreSettings
 from tests.sluice.test_streaming import Probe, make_app
 from tests.support import asgi
+from tests.support.metrics import counted
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +24,7 @@ KEY_B = "sk-test-bbbbbbbbbbbbbbbbbbbbbbbb"
 ID_A = hashlib.sha256(KEY_A.encode()).hexdigest()[:8]
 
 
-def protected(**settings: object) -> object:
+def protected(**settings: object) -> FastAPI:
     return make_app(Probe(), public=False, api_keys=SecretStr(f"{KEY_A},{KEY_B}"), **settings)
 
 
@@ -31,7 +33,7 @@ def bearer(key: str) -> list[tuple[str, str]]:
 
 
 def failures(reason: str) -> float:
-    return AUTH_FAILURES.labels("test", reason)._value.get()  # type: ignore[attr-defined]
+    return counted(AUTH_FAILURES.labels("test", reason))
 
 
 def test_keystore_keeps_digests_and_ids_only(tmp_path: Path) -> None:
@@ -239,9 +241,9 @@ def test_token_secret_agrees_across_workers_with_the_same_keys() -> None:
     assert one != KeyStore([KEY_A]).derived_secret()
 
 
-async def issue_token(app: object, path: str) -> asgi.Result:
+async def issue_token(app: FastAPI, path: str) -> asgi.Result:
     return await asgi.request(
-        app,  # type: ignore[arg-type]
+        app,
         "/auth/stream-token",
         method="POST",
         headers=[*bearer(KEY_A), ("content-type", "application/json")],

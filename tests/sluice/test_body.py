@@ -7,6 +7,7 @@ import random
 
 import pytest
 from pydantic import SecretStr
+from starlette.types import Message, Scope
 
 from sluice.body import MAX_DEPTH, BodyError, parse_json, parse_json_object
 from sluice_services.demo.app import create_app as demo_app
@@ -208,20 +209,20 @@ async def test_regression_an_unauthenticated_huge_body_was_read_whole_before_aut
     settings = DemoSettings(api_keys=SecretStr(KEY), service_name="demo-cap", max_body_bytes=4096)
     consumed = 0
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> Message:
         nonlocal consumed
         consumed += 1024
         return {"type": "http.request", "body": b"x" * 1024, "more_body": consumed < 10**8}
 
-    answer: dict[str, object] = {}
+    answer = asgi.Result()
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
+            answer.status = message["status"]
         elif message["type"] == "http.response.body":
-            answer["body"] = answer.get("body", b"") + message.get("body", b"")  # type: ignore[operator]
+            answer.chunks.append(message.get("body", b""))
 
-    scope = {
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -245,8 +246,8 @@ async def test_regression_an_unauthenticated_huge_body_was_read_whole_before_aut
             headers=[JSON, ("content-length", str(10**9))],
             body=b"{}",
         )
-    assert answer["status"] == 413
-    error = json.loads(answer["body"])["error"]  # type: ignore[arg-type]
+    assert answer.status == 413
+    error = json.loads(answer.body)["error"]
     assert error["code"] == "body_too_large" and "4096" in error["message"]
     assert consumed <= 4096 + 1024  # read up to the limit, not to the end
     assert declared.status == 413  # a declared length over the limit: refused unread

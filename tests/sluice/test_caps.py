@@ -11,10 +11,11 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 
 from sluice.admission import stream
 from sluice.app import create_app
+from sluice.caps import StreamCaps
 from sluice.events import Event
 from sluice.formats import StreamFormat
 from sluice.runtime import Runtime
@@ -28,10 +29,10 @@ from tests.support.procs import Proc
 pytestmark = pytest.mark.anyio
 
 
-async def _hold(app: object, key: str | None) -> asyncio.Task[asgi.Result]:
+async def _hold(app: FastAPI, key: str | None) -> asyncio.Task[asgi.Result]:
     headers = bearer(key) if key else []
     target = "/ticks?count=100000&delay=0.05"
-    task = asyncio.create_task(asgi.request(app, target, headers=headers, timeout=30))  # type: ignore[arg-type]
+    task = asyncio.create_task(asgi.request(app, target, headers=headers, timeout=30))
     await asyncio.sleep(0.05)
     return task
 
@@ -66,28 +67,28 @@ async def test_worker_cap_is_503_server_full() -> None:
     assert "retry-after" in full.headers
 
 
-async def _end_path(app: object, reason: EndReason) -> None:
-    runtime = app.state.runtime  # type: ignore[attr-defined]
+async def _end_path(app: FastAPI, reason: EndReason) -> None:
+    runtime = app.state.runtime
     if reason is EndReason.COMPLETED:
-        await asgi.request(app, "/ticks?count=2")  # type: ignore[arg-type]
+        await asgi.request(app, "/ticks?count=2")
     elif reason is EndReason.CLIENT_DISCONNECT:
-        await asgi.request(app, "/ticks?count=1000&delay=0.01", leave_after=2)  # type: ignore[arg-type]
+        await asgi.request(app, "/ticks?count=1000&delay=0.01", leave_after=2)
     elif reason is EndReason.ERROR:
-        await asgi.request(app, "/ticks?count=5&fail_at=1")  # type: ignore[arg-type]
+        await asgi.request(app, "/ticks?count=5&fail_at=1")
     elif reason is EndReason.DRAIN:
-        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))  # type: ignore[arg-type]
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))
         await asyncio.sleep(0.05)
         runtime.drain.begin()
         await task
         runtime.drain.draining = runtime.drain.refusing = False
     elif reason is EndReason.CANCELLED:  # as uvicorn does past its graceful timeout
-        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))  # type: ignore[arg-type]
+        task = asyncio.create_task(asgi.request(app, "/ticks?count=1000&delay=0.01"))
         await asyncio.sleep(0.05)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     else:
-        await asgi.stalled_client(app, "/ticks?count=100")  # type: ignore[arg-type]
+        await asgi.stalled_client(app, "/ticks?count=100")
 
 
 @pytest.mark.parametrize("reason", list(EndReason))
@@ -107,16 +108,20 @@ async def test_redis_caps_hold_across_workers_and_expire_with_a_dead_one(
     redis_server: Proc,
 ) -> None:
     url = redis_server.extra["url"]
-    settings = {
-        "public": False,
-        "api_keys": KEYS,
-        "redis_url": url,
-        "max_streams_per_key": 2,
-        "max_streams_global": 3,
-        "service_name": "caps-test",
-        "drain_window": 0,
-    }
-    one, two = make_app(Probe(), **settings), make_app(Probe(), **settings)  # two "workers"
+
+    def worker() -> FastAPI:
+        return make_app(
+            Probe(),
+            public=False,
+            api_keys=KEYS,
+            redis_url=url,
+            max_streams_per_key=2,
+            max_streams_global=3,
+            service_name="caps-test",
+            drain_window=0,
+        )
+
+    one, two = worker(), worker()  # two "workers"
     async with asgi.lifespan(one), asgi.lifespan(two):
         await one.state.runtime.redis.flushdb()
         held = [await _hold(one, KEY_A), await _hold(two, KEY_A)]
@@ -152,11 +157,11 @@ async def test_redis_caps_hold_across_workers_and_expire_with_a_dead_one(
     assert accepted_after_expiry == 0
 
 
-async def _try(caps: object, request: object) -> int:
+async def _try(caps: StreamCaps, request: Request) -> int:
     from sluice.errors import ApiError
 
     try:
-        slot = await caps.acquire(request)  # type: ignore[attr-defined]
+        slot = await caps.acquire(request)
     except ApiError as exc:
         return exc.status
     slot.release()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from starlette.requests import Request
@@ -35,11 +36,17 @@ def test_sse_retry_only_frame() -> None:
     assert encode(Event(retry=3000), StreamFormat.SSE) == b"retry: 3000\n\n"
 
 
+_WITH_FIELD: dict[str, Callable[[str], Event]] = {
+    "event": lambda value: Event(data="x", event=value),
+    "id": lambda value: Event(data="x", id=value),
+}
+
+
 @pytest.mark.parametrize("field", ["event", "id"])
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\0b"])
 def test_sse_fields_cannot_inject_lines(field: str, bad: str) -> None:
     with pytest.raises(ValueError, match="single line"):
-        Event(data="x", **{field: bad})
+        _WITH_FIELD[field](bad)
 
 
 def test_ndjson_is_one_object_per_line() -> None:

@@ -184,7 +184,7 @@ async def test_without_replacements_it_hands_over_once_streams_are_gone(
     for mine in (siblings(tmp_path, master), None):
         drain = Drain(window=0.3)
         stream = drain.register("reconnect")
-        stream.add_done_callback(lambda f, d=drain: d.unregister(f))
+        stream.add_done_callback(drain.unregister)
         handover = Handover(drain)
         started = time.monotonic()
         await asyncio.wait_for(signal_drain(drain, handover, mine)._run(15, None), 10)

@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+from fastapi import FastAPI
 from limits import parse
 from limits.strategies import FixedWindowRateLimiter
 from pydantic import SecretStr
@@ -18,6 +19,7 @@ from sluice.rates import RateLimits
 from sluice.settings import CoreSettings
 from tests.sluice.test_streaming import Probe, make_app
 from tests.support import asgi
+from tests.support.metrics import counted
 from tests.support.procs import Proc
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +34,7 @@ def bearer(key: str) -> list[tuple[str, str]]:
 
 
 def limited(limit: str) -> float:
-    return RATE_LIMITED.labels("test", "/ticks", limit)._value.get()  # type: ignore[attr-defined]
+    return counted(RATE_LIMITED.labels("test", "/ticks", limit))
 
 
 async def test_rate_limit_is_429_json_with_headers_per_key() -> None:
@@ -62,14 +64,19 @@ async def test_anonymous_callers_are_limited_by_address() -> None:
 
 
 async def test_rate_limits_shared_through_redis(redis_server: Proc) -> None:
-    settings = {
-        "public": False,
-        "api_keys": KEYS,
-        "redis_url": redis_server.extra["url"],
-        "rate_limit": "4/minute",
-        "service_name": f"rate-{time.time_ns()}",
-    }
-    one, two = make_app(Probe(), **settings), make_app(Probe(), **settings)
+    service_name = f"rate-{time.time_ns()}"
+
+    def worker() -> FastAPI:
+        return make_app(
+            Probe(),
+            public=False,
+            api_keys=KEYS,
+            redis_url=redis_server.extra["url"],
+            rate_limit="4/minute",
+            service_name=service_name,
+        )
+
+    one, two = worker(), worker()
     async with asgi.lifespan(one), asgi.lifespan(two):
         codes = []
         for i in range(6):

@@ -1,4 +1,4 @@
-"""Read a service's /metrics for real and wait for a value."""
+"""Read a service's /metrics for real, or a counter in this process, and wait for a value."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -22,6 +23,13 @@ def value(base_url: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in scrape(base_url).items() if n == name and wanted <= ls)
+
+
+def counted(child: Counter) -> float:
+    """The value in this process of one labelled counter (``METRIC.labels(...)``), read
+    through its public ``collect()``: its ``_total`` sample."""
+    (family,) = child.collect()
+    return next(s.value for s in family.samples if s.name.endswith("_total"))
 
 
 def wait_for(
