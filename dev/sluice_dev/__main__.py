@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--port", type=int, default=None, help="default: the next free one")
     args = parser.parse_args(argv)
     project = Project.at(args.project_dir)
+    # The project's own services are found before any installed ones (a core installed as
+    # a package, a project of one's own beside it).
+    sys.path.insert(0, str(project.services_dir))
 
     if args.command == "sync":
         if args.check:

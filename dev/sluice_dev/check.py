@@ -24,6 +24,7 @@ from sluice.settings import (
     ScopedSettings,
     ServerSettings,
     field_bounds,
+    moved_names,
     scope_prefix,
 )
 
@@ -49,9 +50,14 @@ def settings_class(path: str) -> type[CoreSettings]:
     return found
 
 
-def _variable(service: str, field: str, env: Mapping[str, str]) -> str:
-    scoped = f"{scope_prefix(service)}{field.upper()}"
-    return scoped if scoped in env else f"SLUICE_{field.upper()}"
+def _variable(cls: type[ScopedSettings], service: str, field: str, env: Mapping[str, str]) -> str:
+    """The variable the user set for ``field``: scoped, plain, or an old name of it."""
+    olds = [old for old, new in moved_names(cls)[0].items() if new == field]
+    for name in (field, *olds):
+        for prefix in (scope_prefix(service), "SLUICE_"):
+            if f"{prefix}{name.upper()}" in env:
+                return f"{prefix}{name.upper()}"
+    return f"SLUICE_{field.upper()}"
 
 
 def _describe(
@@ -62,7 +68,7 @@ def _describe(
     if not error["loc"]:  # a rule across fields names its variables itself
         return message, message
     field = str(error["loc"][0])
-    name = _variable(service, field, env)
+    name = _variable(cls, service, field, env)
     info = cls.model_fields.get(field)
     secret = info is not None and "SecretStr" in str(info.annotation)
     value = "(hidden)" if secret else repr(env.get(name, ""))

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from sluice.registry import Registry
+from sluice.registry import Process, Registry
 
 IMAGE = "sluice"  # compose's sluice:local, k8s's sluice (renamed by the kustomization)
 
@@ -58,6 +58,8 @@ def compose(document: Mapping[str, Any], services: Registry) -> list[str]:
             variable, port = process.companion.port_variable, process.companion.metrics_port
             if env.get(variable, str(port)) != str(port):
                 problems.append(f"compose.yaml: {name} has {variable}={env[variable]}, not {port}")
+        if _needs_redis(process) and "SLUICE_REDIS_URL" not in env:
+            problems.append(f"compose.yaml: {name} uses Redis but has no SLUICE_REDIS_URL")
     for name in sorted(set(ours) - set(services.processes)):
         problems.append(f"compose.yaml: {name} runs the image but no service declares it")
     nginx = containers.get("nginx") or {}
@@ -73,6 +75,31 @@ def compose(document: Mapping[str, Any], services: Registry) -> list[str]:
         if service.name not in needs:
             problems.append(f"compose.yaml: nginx does not depend on {service.name}")
     return problems
+
+
+def _needs_redis(process: Process) -> bool:
+    if process.companion is not None:
+        return process.companion.needs_redis
+    return process.service.uses_redis
+
+
+def _policies(documents: list[Mapping[str, Any]]) -> dict[str, tuple[set[str], set[int]]]:
+    """Each NetworkPolicy's pods (by app.kubernetes.io/name): who may reach them, on what ports."""
+    found: dict[str, tuple[set[str], set[int]]] = {}
+    for doc in documents:
+        if doc.get("kind") != "NetworkPolicy":
+            continue
+        target = doc["spec"].get("podSelector", {}).get("matchLabels", {})
+        name = target.get("app.kubernetes.io/name")
+        if name is None:
+            continue
+        peers, ports = found.setdefault(name, (set(), set()))
+        for rule in doc["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                label = peer.get("podSelector", {}).get("matchLabels", {})
+                peers.add(str(label.get("app.kubernetes.io/name")))
+            ports |= {int(p["port"]) for p in rule.get("ports") or [] if "port" in p}
+    return found
 
 
 def k8s_documents(base: Path) -> list[dict[str, Any]]:
@@ -107,6 +134,7 @@ def k8s(documents: Iterable[Mapping[str, Any]], services: Registry) -> list[str]
         for name, d in deployments.items()
         if str(_pod(d)[1].get("image", "")).split(":")[0] == IMAGE
     }
+    policies = _policies(documents)
     for name, process in services.processes.items():
         deployment = ours.get(name)
         if deployment is None:
@@ -124,7 +152,15 @@ def k8s(documents: Iterable[Mapping[str, Any]], services: Registry) -> list[str]
         annotated = str(metadata.get("annotations", {}).get("prometheus.io/port"))
         if annotated != str(metrics):
             problems.append(f"k8s: {name}'s prometheus.io/port is {annotated}, not {metrics}")
+        _, allowed = policies.get(name, (set(), set()))
+        if metrics not in allowed:
+            problems.append(f"k8s: no NetworkPolicy lets Prometheus reach {name} on {metrics}")
+        if _needs_redis(process) and name not in policies.get("redis", (set(), set()))[0]:
+            problems.append(f"k8s: {name} uses Redis but allow-redis does not let it in")
         if process.companion is not None:
+            variable = process.companion.port_variable
+            if env.get(variable, str(metrics)) != str(metrics):
+                problems.append(f"k8s: {name} has {variable}={env[variable]}, not {metrics}")
             continue
         port = process.service.port
         declared = [p.get("containerPort") for p in container.get("ports", [])]

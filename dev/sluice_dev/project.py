@@ -32,6 +32,11 @@ class Project:
         return cls(root)
 
     @property
+    def services_dir(self) -> Path:
+        """Where the project's service packages live (``sluice_services/`` in it)."""
+        return self.root / "services"
+
+    @property
     def nginx_dir(self) -> Path:
         return self.root / "nginx"
 

@@ -10,17 +10,19 @@ It refuses a name or port already taken, and writes nothing when it refuses.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from sluice.registry import NAMESPACE, Registry, RegistryError, Service, discover
+from sluice.registry import NAMESPACE, RESERVED_NAMES, Registry, RegistryError, Service, discover
 from sluice_dev import sync
 from sluice_dev.project import Project
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIRST_PORT = 8001
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_RESERVED = {"nginx", "redis", "prometheus", "grafana", "sluice", "auth", "metrics", "tests"}
+_RESERVED = RESERVED_NAMES | {"metrics", "tests"}  # and the project's own folder names
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -83,37 +85,75 @@ def add_to_compose(text: str, values: dict[str, str]) -> str:
     )
 
 
-def add_to_k8s(root: Path, values: dict[str, str]) -> None:
+def k8s_entries(root: Path, values: dict[str, str]) -> dict[Path, str]:
+    """The k8s files with the service in: its manifest, and its place in the kustomization,
+    nginx's addresses and the Redis policy (nothing written here)."""
     base = root / "k8s" / "base"
-    manifest = fill((TEMPLATES / "k8s-service.yaml.tmpl").read_text(), values)
-    (base / f"{values['name']}.yaml").write_text(manifest)
+    for needed in ("kustomization.yaml", "nginx.yaml", "networkpolicies.yaml"):
+        if not (base / needed).is_file():
+            raise SystemExit(f"new-service: no k8s/base/{needed} to add {values['name']} to")
+    texts = {base / f"{values['name']}.yaml": fill(_template("k8s-service.yaml"), values)}
     kustomization = (base / "kustomization.yaml").read_text()
-    kustomization = _after_last(
+    texts[base / "kustomization.yaml"] = _after_last(
         kustomization, r"^  - [a-z0-9-]+\.yaml$", f"  - {values['name']}.yaml\n"
     )
-    (base / "kustomization.yaml").write_text(kustomization)
-    nginx = (base / "nginx.yaml").read_text()
     address = (
         f"        - name: {values['PREFIX']}_ADDR\n"
         f"          value: {values['name']}:{values['port']}\n"
     )
-    nginx = _after_last(nginx, r"^        - name: SLUICE_[A-Z0-9_]+_ADDR\n.*$", address)
-    (base / "nginx.yaml").write_text(nginx)
+    nginx = (base / "nginx.yaml").read_text()
+    texts[base / "nginx.yaml"] = _after_last(
+        nginx, r"^        - name: SLUICE_[A-Z0-9_]+_ADDR\n.*$", address
+    )
     policies = (base / "networkpolicies.yaml").read_text()
     redis = re.search(r"name: allow-redis\n.*?    ports:\n", policies, re.S)
     if redis is None:
-        raise SystemExit("k8s/base/networkpolicies.yaml has no allow-redis policy")
+        raise SystemExit("new-service: k8s/base/networkpolicies.yaml has no allow-redis policy")
     client = (
         "    - podSelector:\n"
         "        matchLabels:\n"
         f"          app.kubernetes.io/name: {values['name']}\n"
     )
     at = redis.end() - len("    ports:\n")
-    (base / "networkpolicies.yaml").write_text(policies[:at] + client + policies[at:])
+    texts[base / "networkpolicies.yaml"] = policies[:at] + client + policies[at:]
+    return texts
+
+
+def _template(name: str) -> str:
+    return (TEMPLATES / f"{name}.tmpl").read_text()
+
+
+def write_all(texts: dict[Path, str]) -> Callable[[], None]:
+    """Every file or none: on a failure what was written is taken back; the callable
+    returned takes it all back later."""
+    before = {path: path.read_bytes() if path.exists() else None for path in texts}
+    made = sorted(
+        {parent for path in texts for parent in path.parents if not parent.exists()},
+        key=lambda p: len(p.parts),
+    )
+
+    def undo() -> None:
+        for path, old in before.items():
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(old)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    try:
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except BaseException:
+        undo()
+        raise
+    return undo
 
 
 def create(project: Project, name: str, port: int | None = None) -> list[str]:
-    """Write the new service ``name``; return one line per thing written."""
+    """Write the new service ``name`` (every file, or none); one line per thing written."""
     if not _NAME.match(name) or name in _RESERVED:
         raise SystemExit(
             f"new-service: {name!r} must be lower-case words joined by '-' (not one of"
@@ -138,43 +178,42 @@ def create(project: Project, name: str, port: int | None = None) -> list[str]:
         "Class": "".join(part.title() for part in name.split("-")),
         "PREFIX": "SLUICE_" + package.upper(),
     }
+    # What __init__.py.tmpl declares, field for field: what the generated files follow.
     declared = Service(
         name=name,
+        title=f"Sluice {name}",
         app=f"{NAMESPACE}.{package}.app:create_app",
+        settings=f"{NAMESPACE}.{package}.settings:{values['Class']}Settings",
         port=port,
-        settings=f"{NAMESPACE}.{package}.settings:S",
         routes=(f"/{name}/",),
     )
     try:
-        Registry([*services, declared])  # its routes and port clash with no other
+        with_it = Registry([*services, declared])  # its routes and port clash with no other
     except RegistryError as exc:
         raise SystemExit(f"new-service: {exc}") from None
-    compose_path = project.root / "compose.yaml"
-    compose = add_to_compose(compose_path.read_text(), values)  # refuses before any write
 
-    written = []
-    folder.mkdir(parents=True)
-    for module in ("__init__", "settings", "app", "routes"):
-        text = fill((TEMPLATES / f"{module}.py.tmpl").read_text(), values)
-        (folder / f"{module}.py").write_text(text)
-        written.append(f"wrote {(folder / f'{module}.py').relative_to(project.root)}")
-    tests.mkdir(parents=True)
-    (tests / "__init__.py").write_text("")
-    (tests / "test_routes.py").write_text(
-        fill((TEMPLATES / "test_routes.py.tmpl").read_text(), values)
-    )
-    written.append(f"wrote {(tests / 'test_routes.py').relative_to(project.root)}")
-    compose_path.write_text(compose)
-    written.append("added it to compose.yaml (its service, nginx's address and dependency)")
-    add_to_k8s(project.root, values)
-    written.append(f"wrote k8s/base/{name}.yaml and added it to the kustomization and nginx")
-    discover_new = discover()
-    if name not in discover_new.services:
+    texts = {
+        folder / f"{module}.py": fill(_template(f"{module}.py"), values)
+        for module in ("__init__", "settings", "app", "routes")
+    }
+    texts[tests / "__init__.py"] = ""
+    texts[tests / "test_routes.py"] = fill(_template("test_routes.py"), values)
+    compose_path = project.root / "compose.yaml"
+    texts[compose_path] = add_to_compose(compose_path.read_text(), values)
+    texts |= k8s_entries(project.root, values)
+    texts |= {p: t for p, t in sync.generated(project, with_it).items() if p.read_text() != t}
+    undo = write_all(texts)
+    try:
+        found = discover().services.get(name)
+    except Exception as exc:  # whatever it is, nothing may be left
+        found = None
+        print(f"new-service: importing it failed: {exc!r}")
+    if found != declared:
+        undo()
         raise SystemExit(
-            f"new-service: wrote {folder}, but it is not importable as {NAMESPACE}.{package}"
-            " here (is this project's services/ folder on the path?)"
+            f"new-service: wrote {folder}, but {NAMESPACE}.{package} is not what was declared"
+            " here (is this project's services/ folder on the path?); nothing is left"
         )
-    for path in sync.write(project, discover_new):
-        written.append(f"wrote {path.relative_to(project.root)}")
+    written = [f"wrote {path.relative_to(project.root)}" for path in texts]
     written.append(f"{name} answers on port {port}; through nginx at /{name}/ (make run)")
     return written

@@ -157,6 +157,7 @@ def service_envs(
             if name not in env:
                 extra[name] = dev_value(value, addresses, logs)
         extra["SLUICE_LOG_FILE"] = str((run_dir / "logs" / f"{service.name}.log").resolve())
+        extra["PYTHONPATH"] = search_path(project, env)
         if service.uses_redis and redis_url:
             extra["SLUICE_REDIS_URL"] = redis_url
             for name, value in service.dev_env_redis.items():
@@ -164,6 +165,12 @@ def service_envs(
                     extra[name] = dev_value(value, addresses, logs)
         extras[service.name] = extra
     return extras
+
+
+def search_path(project: Project, env: Mapping[str, str]) -> str:
+    """The processes' PYTHONPATH: the project's services first (its own ones included)."""
+    rest = env.get("PYTHONPATH", "")
+    return str(project.services_dir) + (os.pathsep + rest if rest else "")
 
 
 def env_note(project_dir: Path) -> str:
@@ -223,15 +230,16 @@ def prepare(run_dir: Path, env: Mapping[str, str], project: Project) -> str:
         for companion in service.companions:
             if companion.needs_redis and not redis_url:
                 continue
-            companion_env = {"SLUICE_SERVICE_NAME": service.name}
+            port = env.get(companion.port_variable, str(companion.metrics_port))
+            companion_env = {"SLUICE_SERVICE_NAME": service.name, companion.port_variable: port}
             if redis_url:
                 companion_env["SLUICE_REDIS_URL"] = redis_url
             if generated is not None and service.api_keys:
                 companion_env["SLUICE_API_KEYS_FILE"] = str(generated[0])
+            companion_env["PYTHONPATH"] = search_path(project, env)
             worker = ["env", *(f"{k}={v}" for k, v in companion_env.items())]
             worker += [sys.executable, "-m", companion.module]
             lines.append(f"{companion.name}: {supervised(companion.name, worker, kill_after)}")
-            port = env.get(companion.port_variable, str(companion.metrics_port))
             if port != "0":
                 targets[companion.name] = f"127.0.0.1:{port}"
                 ready.append(f"http://127.0.0.1:{port}/")
@@ -279,9 +287,10 @@ def prepare(run_dir: Path, env: Mapping[str, str], project: Project) -> str:
     )
     said_key = f"; key: {key}" if key is not None else ""
     banner = f"Sluice is ready: {base}{said_key} (every service answers /readyz; logs below)\n"
-    (run_dir / "ready.json").write_text(
-        json.dumps({"urls": ready, "banner": banner, "details": details})
-    )
+    plan = run_dir / "ready.json"  # it says the dev key: as private as the key's own file
+    plan.touch(mode=0o600)
+    plan.chmod(0o600)
+    plan.write_text(json.dumps({"urls": ready, "banner": banner, "details": details}))
     count = len(lines)
     return f"Sluice is starting: {count} processes; it says when it is ready ({run_dir}).\n"
 
@@ -297,6 +306,9 @@ def honcho(run_dir: Path, project_dir: Path) -> int:
 
     # honcho kills what is left 5 s (a constant) after Ctrl-C: the drain window is longer.
     manager.KILL_WAIT = float((run_dir / "stop-timeout").read_text())
+    signal.signal(ORPHANED, _orphaned)
+    if os.getppid() == 1:  # the parent died before the line above: stop at once
+        _orphaned(ORPHANED, None)
     try:
         command.main(honcho_args(run_dir, project_dir))
     except SystemExit as exc:
@@ -304,9 +316,12 @@ def honcho(run_dir: Path, project_dir: Path) -> int:
     return 0
 
 
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via http_proxy
+
+
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URLs
+        with _LOCAL.open(url, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -347,9 +362,23 @@ class _Output:
             self.passing = True
 
 
+# The signal honcho's process gets when ``start`` dies (PR_SET_PDEATHSIG). Not SIGTERM
+# itself: honcho's own handler would print to the pipe nobody reads any more, die of the
+# broken pipe and leave every process of the stack running.
+ORPHANED = signal.SIGUSR1
+
+
+def _orphaned(_signum: int, _frame: FrameType | None) -> None:
+    """Nobody reads our output now: write it nowhere, then stop the stack as Ctrl-C does."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(nowhere, 1)
+    os.dup2(nowhere, 2)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: honcho stops the stack if we die
+    libc.prctl(1, ORPHANED)  # PR_SET_PDEATHSIG
 
 
 def start(run_dir: Path, project_dir: Path, ready_timeout: float = READY_TIMEOUT) -> int:
@@ -368,9 +397,10 @@ def start(run_dir: Path, project_dir: Path, ready_timeout: float = READY_TIMEOUT
     assert child.stdout is not None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        child.send_signal(signum)
+        # A closed terminal (SIGHUP) stops the stack as Ctrl-C does; honcho knows no SIGHUP.
+        child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     output = _Output(child.stdout, sys.stdout.buffer)
     deadline = time.monotonic() + ready_timeout

@@ -24,8 +24,9 @@ def url(environ: dict[str, str]) -> str:
 
 
 def main() -> int:
+    local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
-        with urllib.request.urlopen(url(dict(os.environ)), timeout=3) as response:  # noqa: S310
+        with local.open(url(dict(os.environ)), timeout=3) as response:
             return 0 if response.status == 200 else 1
     except OSError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ A package of the namespace without ``SERVICE`` is shared code, not a service.
 from __future__ import annotations
 
 import importlib
+import keyword
 import pkgutil
 import re
 from collections.abc import Iterator, Mapping
@@ -23,7 +24,10 @@ from functools import cache
 
 NAMESPACE = "sluice_services"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_ROUTE = re.compile(r"^/[A-Za-z0-9._~/{}-]*$")
+_ROUTE = re.compile(r"^/[A-Za-z0-9._~/-]*$")  # what nginx routes: a plain path or prefix
+_TEMPLATE = re.compile(r"^/[A-Za-z0-9._~/{}-]*$")  # a public route is FastAPI's: {id} allowed
+# Names the stack's own processes and make run's settings already use.
+RESERVED_NAMES = frozenset({"nginx", "redis", "prometheus", "grafana", "sluice", "auth", "dev"})
 # The front door's own: health, metrics (404 there), stream tokens, its internal error URIs.
 RESERVED_ROUTES = ("/healthz", "/readyz", "/metrics", "/auth/", "/_sluice/")
 
@@ -35,6 +39,10 @@ def overlap(one: str, other: str) -> bool:
         or (one.endswith("/") and other.startswith(one))
         or (other.endswith("/") and one.startswith(other))
     )
+
+
+def _reserved() -> str:
+    return ", ".join(sorted(RESERVED_NAMES))
 
 
 class RegistryError(ValueError):
@@ -100,8 +108,13 @@ class Service:
 
     def validate(self) -> None:
         where = f"service {self.name!r}"
-        if not _NAME.match(self.name):
-            raise RegistryError(f"{where}: name must be lower-case words joined by '-'")
+        for name in (self.name, *(c.name for c in self.companions)):
+            if not _NAME.match(name) or keyword.iskeyword(name.replace("-", "_")):
+                raise RegistryError(
+                    f"{where}: {name!r} must be lower-case words joined by '-' (a package name)"
+                )
+            if name in RESERVED_NAMES:
+                raise RegistryError(f"{where}: {name!r} is the stack's own (one of {_reserved()})")
         for label, spec in (("app", self.app), ("settings", self.settings)):
             module, _, attribute = spec.partition(":")
             if not module or not attribute.isidentifier():
@@ -109,12 +122,14 @@ class Service:
         ports = [self.port, *(c.metrics_port for c in self.companions)]
         if not all(0 < port < 65536 for port in ports):
             raise RegistryError(f"{where}: ports must be 1-65535, not {ports}")
-        for route in (*self.routes, *self.public_routes):
-            if not _ROUTE.match(route) or "//" in route or "/." in route:
+        for route, form in [
+            *((r, _ROUTE) for r in self.routes),
+            *((r, _TEMPLATE) for r in self.public_routes),
+        ]:
+            if not form.match(route) or "//" in route or "/." in route:
                 raise RegistryError(f"{where}: route {route!r} is not a plain absolute path")
-        for companion in self.companions:
-            if not _NAME.match(companion.name):
-                raise RegistryError(f"{where}: companion name {companion.name!r}")
+        if len(set(self.routes)) != len(self.routes):
+            raise RegistryError(f"{where}: a route is declared twice in {list(self.routes)}")
 
 
 @dataclass(frozen=True, slots=True)

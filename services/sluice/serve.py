@@ -27,10 +27,12 @@ def gunicorn_command(
 def process_command(process: Process, environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """In a container: a service listens on every interface, on its declared port unless
     ``SLUICE_BIND`` says; a companion gets its ``container_env`` (what it needs there)."""
-    if process.companion is not None:
-        env = {"SLUICE_SERVICE_NAME": process.service.name}
-        env |= {k: environ.get(k, v) for k, v in process.companion.container_env.items()}
-        return [sys.executable, "-m", process.companion.module], env
+    companion = process.companion
+    if companion is not None:
+        port = environ.get(companion.port_variable, str(companion.metrics_port))
+        env = {"SLUICE_SERVICE_NAME": process.service.name, companion.port_variable: port}
+        env |= {k: environ.get(k, v) for k, v in companion.container_env.items()}
+        return [sys.executable, "-m", companion.module], env
     bind = environ.get("SLUICE_BIND", f"0.0.0.0:{process.service.port}")
     return gunicorn_command(process.service, bind)
 

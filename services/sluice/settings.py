@@ -52,47 +52,57 @@ class RenamedSetting(FutureWarning):
     """A setting read under the name it had before this release (it works until the next)."""
 
 
-class _RenamedSource(PydanticBaseSettingsSource):
-    """The old names of renamed settings (``renamed``: old field -> new field), scoped ones
-    first, below every new name: a value under an old name is used, with a warning naming
-    the new one, only where the new name is not set. A retired name (one that now follows
-    from others) is not read, and a warning says what takes its place."""
+def moved_names(cls: type[BaseSettings]) -> tuple[dict[str, str], dict[str, str]]:
+    """``cls``'s renamed (old -> new field) and retired (old field -> what instead) settings,
+    its bases' included."""
+    renamed: dict[str, str] = {}
+    retired: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass adds to its bases'
+        renamed |= vars(klass).get("renamed", {})
+        retired |= vars(klass).get("retired", {})
+    return renamed, retired
 
-    def __init__(self, settings_cls: type[BaseSettings], prefixes: tuple[str, ...]) -> None:
+
+class _RenamedSource(PydanticBaseSettingsSource):
+    """The old names of renamed settings under one prefix (scoped or plain), read just below
+    that prefix's new names: a scoped old name still beats a plain new one, as it did. An old
+    name is used, with a warning naming the new one, where no new name above it is set.
+    A retired name (one that now follows from others) is not read; a warning says what
+    takes its place."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], prefix: str, above: tuple[str, ...]
+    ) -> None:
         super().__init__(settings_cls)
-        self.prefixes = prefixes
+        self.prefix = prefix
+        self.above = above  # prefixes whose new names win over this prefix's old ones
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         raise NotImplementedError  # __call__ reads every old name at once
 
     def __call__(self) -> dict[str, Any]:
-        renamed: dict[str, str] = {}
-        retired: dict[str, str] = {}
-        for klass in reversed(self.settings_cls.__mro__):  # a subclass adds to its bases'
-            renamed |= vars(klass).get("renamed", {})
-            retired |= vars(klass).get("retired", {})
+        renamed, retired = moved_names(self.settings_cls)
         for old, instead in retired.items():
-            for prefix in self.prefixes:
-                if f"{prefix}{old.upper()}" in os.environ:
-                    warnings.warn(
-                        f"{prefix}{old.upper()} is no longer read: {instead}",
-                        RenamedSetting,
-                        stacklevel=2,
-                    )
+            if f"{self.prefix}{old.upper()}" in os.environ:
+                warnings.warn(
+                    f"{self.prefix}{old.upper()} is no longer read: {instead}",
+                    RenamedSetting,
+                    stacklevel=2,
+                )
         found: dict[str, Any] = {}
         for old, new in renamed.items():
-            if any(f"{prefix}{new.upper()}" in os.environ for prefix in self.prefixes):
-                continue  # the new name is set: it wins, and says nothing of the old one
-            for prefix in self.prefixes:
-                name = f"{prefix}{old.upper()}"
-                if name in os.environ and new not in found:
-                    warnings.warn(
-                        f"{name} is now {prefix}{new.upper()}"
-                        " (the old name works until the next release)",
-                        RenamedSetting,
-                        stacklevel=2,
-                    )
-                    found[new] = os.environ[name]
+            name = f"{self.prefix}{old.upper()}"
+            if name not in os.environ:
+                continue
+            if any(f"{prefix}{new.upper()}" in os.environ for prefix in self.above):
+                continue  # a new name that wins is set: the old one is not read
+            warnings.warn(
+                f"{name} is now {self.prefix}{new.upper()}"
+                " (the old name works until the next release)",
+                RenamedSetting,
+                stacklevel=2,
+            )
+            found[new] = os.environ[name]
         return found
 
 
@@ -128,11 +138,21 @@ class ScopedSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         service = cls.service_of()
         if service is None:
-            old = _RenamedSource(settings_cls, ("SLUICE_",))
+            old = _RenamedSource(settings_cls, "SLUICE_", ("SLUICE_",))
             return init_settings, env_settings, old, dotenv_settings, file_secret_settings
         scoped = EnvSettingsSource(settings_cls, env_prefix=scope_prefix(service))
-        old = _RenamedSource(settings_cls, (scope_prefix(service), "SLUICE_"))
-        return init_settings, scoped, env_settings, old, dotenv_settings, file_secret_settings
+        own = scope_prefix(service)
+        scoped_old = _RenamedSource(settings_cls, own, (own,))
+        plain_old = _RenamedSource(settings_cls, "SLUICE_", (own, "SLUICE_"))
+        return (
+            init_settings,
+            scoped,
+            scoped_old,
+            env_settings,
+            plain_old,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
 
 class CoreSettings(ScopedSettings):

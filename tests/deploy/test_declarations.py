@@ -97,6 +97,10 @@ def test_make_sync_check_says_so_and_fails_on_drift(tmp_path: Path) -> None:
             lambda d: d["services"].update(stray=copy.deepcopy(d["services"]["demo"])),
             "compose.yaml: stray runs the image but no service declares it",
         ),
+        (
+            lambda d: d["services"]["progress"]["environment"].pop("SLUICE_REDIS_URL"),
+            "compose.yaml: progress uses Redis but has no SLUICE_REDIS_URL",
+        ),
     ],
 )
 def test_compose_drift_is_caught(change: Any, says: str) -> None:
@@ -111,6 +115,13 @@ def deployment(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 def container(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
     found: dict[str, Any] = deployment(documents, name)["spec"]["template"]["spec"]["containers"][0]
+    return found
+
+
+def policy(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name
+    )
     return found
 
 
@@ -150,6 +161,20 @@ def set_env(documents: list[dict[str, Any]], name: str, variable: str, value: st
                 s for s in d if s["kind"] == "Service" and s["metadata"]["name"] == "demo"
             )["spec"]["ports"][0].update(port=80),
             "k8s: Service demo has ports [80], not 8001",
+        ),
+        (
+            lambda d: policy(d, "allow-demo")["spec"]["ingress"][0]["ports"][0].update(port=9001),
+            "k8s: no NetworkPolicy lets Prometheus reach demo on 8001",
+        ),
+        (
+            lambda d: policy(d, "allow-redis")["spec"]["ingress"][0]["from"].pop(2),
+            "k8s: progress uses Redis but allow-redis does not let it in",
+        ),
+        (
+            lambda d: container(d, "progress-worker")["env"].append(
+                {"name": "SLUICE_PROGRESS_WORKER_METRICS_PORT", "value": "9013"}
+            ),
+            "k8s: progress-worker has SLUICE_PROGRESS_WORKER_METRICS_PORT=9013, not 8013",
         ),
     ],
 )

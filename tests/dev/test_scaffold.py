@@ -5,6 +5,7 @@ behind nginx, is tests/e2e/test_new_service.py."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_its_compose_and_k8s_entries_agree_with_its_declaration(project: Project
         "PREFIX": "SLUICE_PRICE_FEED",
     }
     compose = scaffold.add_to_compose((project.root / "compose.yaml").read_text(), values)
-    scaffold.add_to_k8s(project.root, values)
+    for path, text in scaffold.k8s_entries(project.root, values).items():
+        path.write_text(text)
     declared = Service(
         name="price-feed",
         app="sluice_services.price_feed.app:create_app",
@@ -103,3 +105,37 @@ def test_its_compose_and_k8s_entries_agree_with_its_declaration(project: Project
 def test_a_template_placeholder_left_unfilled_is_an_error() -> None:
     with pytest.raises(ValueError, match="unfilled placeholder"):
         scaffold.fill("name: @@name@@ port: @@port@@", {"name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda root: (root / "k8s/base/nginx.yaml").unlink(), "no k8s/base/nginx.yaml"),
+        (
+            lambda root: (root / "k8s/base/networkpolicies.yaml").write_text("kind: List\n"),
+            "no allow-redis policy",
+        ),
+        (
+            lambda root: (root / "compose.yaml").write_text("services: {}\n"),
+            "compose.yaml has no redis service",
+        ),
+    ],
+)
+def test_files_not_as_expected_stop_it_before_anything_is_written(
+    project: Project, spoil: Callable[[Path], object], says: str
+) -> None:
+    spoil(project.root)
+    before = files(project.root)
+    with pytest.raises(SystemExit, match=says):
+        scaffold.create(project, "price-feed")
+    assert files(project.root) == before
+
+
+def test_a_service_that_does_not_import_as_declared_is_taken_back(project: Project) -> None:
+    """Written, then not found where it was written (this project's services/ is not on the
+    path of this process): every file is restored, every folder it made is gone."""
+    before = files(project.root)
+    with pytest.raises(SystemExit, match="is not what was declared here"):
+        scaffold.create(project, "price-feed")
+    assert files(project.root) == before
+    assert not (project.root / "services").exists() and not (project.root / "tests").exists()

@@ -174,6 +174,14 @@ def test_renamed_and_retired_settings_are_said_once_and_stop_nothing(
     assert demo.dev_demo_toy_delay == 0.5  # the old name still reached the service
 
 
+def test_a_bad_value_under_an_old_name_is_named_as_given(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as refused:
+        prepare(tmp_path, {"SLUICE_DEMO_TOY_DELAY": "-1"})
+    assert "SLUICE_DEMO_TOY_DELAY='-1': Input should be greater than or equal to 0" in str(
+        refused.value
+    )
+
+
 def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as refused:
         prepare(tmp_path, {"SLUICE_API_KEYS": "sk-real-secret,sk-change-me-before-use"})

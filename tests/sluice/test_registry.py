@@ -54,6 +54,18 @@ def test_an_unknown_process_names_the_known_ones() -> None:
         ({"routes": ("/metrics",)}, "front door's"),
         ({"routes": ("/auth/x",)}, "front door's"),
         ({"routes": ("/_sluice/bad-request",)}, "front door's"),
+        ({"routes": ("/a{b}",)}, "not a plain absolute path"),  # nginx: '{' opens a block
+        ({"routes": ("/x/{id}/",)}, "not a plain absolute path"),
+        ({"routes": ("/feed", "/feed")}, "declared twice"),
+        ({"name": "class"}, "a package name"),
+        ({"name": "import"}, "a package name"),
+        ({"name": "redis"}, "the stack's own"),
+        ({"name": "nginx"}, "the stack's own"),
+        ({"name": "auth"}, "the stack's own"),
+        (
+            {"companions": (Companion("prometheus", "x.w", 8199, "SLUICE_X_PORT"),)},
+            "the stack's own",
+        ),
     ],
 )
 def test_a_declaration_that_cannot_work_is_refused(fields: dict[str, object], says: str) -> None:
@@ -65,6 +77,8 @@ def test_a_declaration_that_cannot_work_is_refused(fields: dict[str, object], sa
     }
     with pytest.raises(RegistryError, match=says):
         Registry([Service(**(base | fields))])  # type: ignore[arg-type]
+    # a public route is FastAPI's template: {id} is fine there
+    Registry([Service(**(base | {"public_routes": ("/items/{item_id}",)}))])  # type: ignore[arg-type]
 
 
 def test_two_services_may_not_share_a_name_a_port_or_a_route() -> None:

@@ -34,6 +34,20 @@ def test_the_worker_and_unknown_names() -> None:
         command({"SLUICE_SERVICE": "nope"})
 
 
+def test_a_companion_listens_on_its_declared_port_unless_moved() -> None:
+    """The declaration's metrics port is the one the worker binds, Prometheus scrapes and
+    the healthcheck asks: the entrypoint passes it, so no second default can disagree."""
+    worker = registry().process("progress-worker").companion
+    assert worker is not None
+    _, env = command({"SLUICE_SERVICE": "progress-worker"})
+    assert env[worker.port_variable] == str(worker.metrics_port)
+    _, moved = command({"SLUICE_SERVICE": "progress-worker", worker.port_variable: "9113"})
+    assert moved[worker.port_variable] == "9113"
+    assert url({"SLUICE_SERVICE": "progress-worker", worker.port_variable: "9113"}) == (
+        "http://127.0.0.1:9113/"
+    )
+
+
 def test_healthcheck_urls() -> None:
     assert url({"SLUICE_SERVICE": "demo", "SLUICE_BIND": "0.0.0.0:9001"}) == (
         "http://127.0.0.1:9001/healthz"

@@ -71,3 +71,15 @@ def test_a_retired_name_is_not_read_and_says_what_instead(monkeypatch: pytest.Mo
     with pytest.warns(RenamedSetting, match="SLUICE_POOL_SIZE is no longer read: it follows SLU"):
         settings = Pooled()
     assert not hasattr(settings, "pool_size")
+
+
+def test_a_scoped_old_name_still_beats_a_plain_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As before the rename: a setting given for this service only wins over everyone's."""
+    monkeypatch.setenv("SLUICE_PRICE_FEED__FEED_DELAY", "5")
+    monkeypatch.setenv("SLUICE_DEV_FEED_DELAY", "2")
+    with pytest.warns(RenamedSetting, match="SLUICE_PRICE_FEED__FEED_DELAY is now"):
+        assert Feed().dev_feed_delay == 5
+    monkeypatch.setenv("SLUICE_PRICE_FEED__DEV_FEED_DELAY", "7")  # the scoped new one: wins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Feed().dev_feed_delay == 7

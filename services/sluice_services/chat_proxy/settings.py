@@ -11,7 +11,7 @@ from sluice.settings import CoreSettings, rate_limit_string
 class ChatSettings(CoreSettings):
     service_name: str = "chat-proxy"
     retired: ClassVar[dict[str, str]] = {
-        "upstream_max_connections": "the pool per worker follows SLUICE_MAX_STREAMS_PER_WORKER",
+        "upstream_max_connections": "the pool follows SLUICE_MAX_STREAMS_PER_WORKER (+10%)",
     }
     upstream_base_url: str = Field(
         "http://127.0.0.1:8009/v1", description="OpenAI-compatible base URL (…/v1)."

@@ -129,12 +129,18 @@ class _Response:
         self._response.close()
 
 
+def pool_size(max_streams: int) -> int:
+    """Connections per worker: one a stream, and room besides for what is not a stream
+    (non-streamed completions, /v1/models), so those are not queued behind a full cap."""
+    return max_streams + max(8, max_streams // 10)
+
+
 def make_upstream(settings: ChatSettings) -> Upstream:
     return Upstream(
         settings.upstream_base_url,
         settings.upstream_connect_timeout,
         settings.upstream_read_timeout,
-        settings.max_streams_per_worker,  # one connection a stream: the pool follows the cap
+        pool_size(settings.max_streams_per_worker),
         max_response_bytes=settings.upstream_max_response_bytes,
         ca_bundle=str(settings.upstream_ca_bundle) if settings.upstream_ca_bundle else None,
     )

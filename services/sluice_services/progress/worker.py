@@ -1,6 +1,6 @@
 """The job worker of Redis mode: an arq worker running ``execute`` for each queued job.
 
-python -m progress.worker        (reads the same SLUICE_* settings as the service)
+python -m sluice_services.progress.worker       (reads the same SLUICE_* settings as the service)
 """
 
 from __future__ import annotations
