@@ -64,9 +64,10 @@ class Drain:
         future: asyncio.Future[None] = loop.create_future()
         self._streams[future] = policy
         self._empty.clear()
-        if self.refusing:  # it got past the refusal just before the drain began
-            future.set_result(None)
-        elif self.draining:  # let in after a hand-over: a moment in what is left
+        if self.refusing and policy == "reconnect":  # past the refusal just before the drain
+            future.set_result(None)  # began: it reconnects at once, to a worker that serves
+        elif self.draining:  # let in after a hand-over, or an answer that cannot resume: in
+            # what is left of the window (cut at its start, an LLM answer would be lost whole)
             self._schedule(loop, future, policy, max(0.0, self._ends_at - loop.time()))
         return future
 

@@ -220,6 +220,22 @@ async def test_a_stream_let_in_after_a_hand_over_is_drained_in_what_is_left() ->
     assert refusing.register("reconnect").done()  # slipped past the refusal: ends at once
 
 
+async def test_regression_an_answer_let_in_just_before_the_refusal_runs_to_the_windows_end() -> (
+    None
+):
+    """A chat answer (``finish``) admitted just before the drain began used to be ended at
+    once, right after its headers; it gets what is left of the window, like the others."""
+    loop = asyncio.get_running_loop()
+    drain = Drain(window=0.4)
+    drain.begin()
+    began = loop.time()
+    answer = drain.register("finish")
+    await asyncio.sleep(0.1)
+    assert not answer.done()
+    await asyncio.wait_for(answer, 2)
+    assert 0.35 <= loop.time() - began < 1.5
+
+
 async def test_regression_gunicorn_repeats_sigterm_to_a_replaced_worker_which_cut_its_drain_short(
     tmp_path: Path, master: Master
 ) -> None:
