@@ -73,6 +73,13 @@ def location(route: str) -> str:
 
 def _locations(registry: Registry) -> list[str]:
     lines: list[str] = []
+    if any(s.api_keys for s in registry.public()):  # sluice_auth exists only then
+        lines += [
+            "# Browser stream tokens (POST, Bearer): any service that takes keys issues them.",
+            "location = /auth/stream-token {",
+            "    proxy_pass http://sluice_auth;",
+            "}",
+        ]
     for service in registry.public():
         declared = service.app.partition(":")[0].rpartition(".")[0].replace(".", "/")
         lines.append(f"# {service.name} (declared in {declared}/__init__.py)")

@@ -24,6 +24,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -252,6 +253,12 @@ def prepare(run_dir: Path, env: Mapping[str, str], project: Project) -> str:
         (run / "prometheus" / "prometheus.yml").write_text(config)
         lines.append(f"prometheus: {supervised('prometheus', prometheus_argv, 10)}")
     (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
+    # Every port the stack will listen on, by who listens: checked free before it starts.
+    ports = {"nginx": nginx_port, **{n: int(a.rpartition(":")[2]) for n, a in targets.items()}}
+    if redis_url and redis_argv:
+        ports["redis"] = int(redis_url.rpartition(":")[2].split("/")[0])
+    if prometheus_argv is not None:
+        ports["prometheus"] = prometheus_port
 
     users = ", ".join(s.name for s in services if s.uses_redis)
     if not users:
@@ -290,7 +297,9 @@ def prepare(run_dir: Path, env: Mapping[str, str], project: Project) -> str:
     plan = run_dir / "ready.json"  # it says the dev key: as private as the key's own file
     plan.touch(mode=0o600)
     plan.chmod(0o600)
-    plan.write_text(json.dumps({"urls": ready, "banner": banner, "details": details}))
+    plan.write_text(
+        json.dumps({"urls": ready, "banner": banner, "details": details, "ports": ports})
+    )
     count = len(lines)
     return f"Sluice is starting: {count} processes; it says when it is ready ({run_dir}).\n"
 
@@ -317,6 +326,19 @@ def honcho(run_dir: Path, project_dir: Path) -> int:
 
 
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via http_proxy
+
+
+def taken(ports: Mapping[str, int]) -> list[str]:
+    """The ports something already listens on (an old stack's, another program's)."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{port} ({name})")
+    return busy
 
 
 def _answers(url: str) -> bool:
@@ -385,6 +407,14 @@ def start(run_dir: Path, project_dir: Path, ready_timeout: float = READY_TIMEOUT
     """Run honcho (in a session of its own: Ctrl-C reaches it once, from here), hold its
     logs until every process answers, say so in one line, then pass its output through."""
     plan = json.loads((run_dir / "ready.json").read_text())
+    busy = taken(plan.get("ports", {}))
+    if busy:  # else an old stack there would answer /readyz, and this one be called ready
+        print(
+            f"make run: in use already: {', '.join(busy)}; stop what listens there (an earlier"
+            " make run?) or move this stack (SLUICE_DEV_<NAME>_PORT)",
+            flush=True,
+        )
+        return 1
     argv = [sys.executable, "-m", "sluice_dev", "--project-dir", str(project_dir)]
     argv += ["honcho", "--run-dir", str(run_dir)]
     child = subprocess.Popen(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,11 +69,12 @@ def test_the_stack_stops_when_make_run_is_killed_or_its_terminal_closes(
     plan(tmp_path / "run", marker)
     parent = start(tmp_path / "run", tmp_path / "out.log")
     try:
-        assert wait_for(lambda: marker.exists() and marker.read_text().strip(), 15)
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip(), 30)
         sleeper = int(marker.read_text())
-        assert sleeper in descendants(parent.pid)
+        assert sleeper in descendants(parent.pid), (sleeper, descendants(parent.pid))
         parent.send_signal(how)
-        assert wait_for(lambda: not alive(sleeper), 15), f"the stack outlived {how.name}"
+        # honcho stops its processes as on Ctrl-C: TERM, then KILL after stop-timeout (5 s)
+        assert wait_for(lambda: not alive(sleeper), 30), f"the stack outlived {how.name}"
         parent.wait(10)
     finally:
         if parent.poll() is None:
@@ -97,3 +99,34 @@ def test_a_stack_that_never_gets_ready_says_what_it_waited_for(tmp_path: Path) -
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path) -> None:
+    """An earlier make run still on its ports would answer /readyz for this one: it says
+    which port is taken instead, and starts nothing."""
+    marker = tmp_path / "sleeper.pid"
+    plan(tmp_path / "run", marker)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ready = json.loads((tmp_path / "run" / "ready.json").read_text())
+        ready["ports"] = {"nginx": free_port(), "demo": port}
+        (tmp_path / "run" / "ready.json").write_text(json.dumps(ready))
+        log = tmp_path / "out.log"
+        parent = start(tmp_path / "run", log)
+        assert parent.wait(20) == 1
+    said = log.read_text()
+    assert f"make run: in use already: {port} (demo);" in said, said
+    assert not marker.exists()  # nothing was started
+
+
+def test_make_run_lists_every_port_it_will_listen_on(tmp_path: Path) -> None:
+    from sluice_dev import stack
+    from tests.support.procs import PROJECT
+
+    env = {"SLUICE_DEV_NGINX_PORT": "18080", "SLUICE_DEV_DEMO_PORT": "18001"}
+    stack.prepare(tmp_path, env, PROJECT)
+    ports = json.loads((tmp_path / "ready.json").read_text())["ports"]
+    assert ports["nginx"] == 18080 and ports["demo"] == 18001
+    assert {"chat-proxy", "log-tail", "mock-upstream", "progress"} <= set(ports)
