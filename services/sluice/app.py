@@ -122,7 +122,7 @@ def create_app(
     async def readyz() -> Response:
         if runtime.drain.draining:
             return error_response(503, "draining", "draining for shutdown", {"Retry-After": "1"})
-        for check in checks:
+        for check in [*checks, *runtime.readiness]:
             problem = await check()
             if problem is not None:
                 return error_response(503, "not_ready", problem, {"Retry-After": "1"})

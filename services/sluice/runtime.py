@@ -7,7 +7,7 @@ Generic in its settings: a service's router factory takes ``Runtime[ItsSettings]
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -38,6 +38,8 @@ class Runtime(Generic[S_co]):
     resources: list[Callable[[Any], AbstractAsyncContextManager[None]]] = field(
         default_factory=list
     )
+    # Asked by /readyz: None when ready, else a short reason (a router factory may add its own).
+    readiness: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: S, public_routes: Iterable[str] = ()) -> Runtime[S]:

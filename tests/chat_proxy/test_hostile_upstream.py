@@ -271,7 +271,8 @@ def pool_of(app: FastAPI) -> Upstream:
     for resource in app.state.runtime.resources:
         owner = getattr(resource, "__self__", None)
         if isinstance(owner, ChatProxy):
-            return owner.upstream
+            (endpoint,) = owner.endpoints.all()  # (one upstream: the one-deployment form)
+            return endpoint.upstream
     raise AssertionError("no chat proxy in the app")
 
 

@@ -69,7 +69,7 @@ def data_lines(text: str) -> list[str]:
 
 
 def errors(kind: str) -> float:
-    return counted(UPSTREAM_ERRORS.labels("chat-proxy", kind))
+    return counted(UPSTREAM_ERRORS.labels("chat-proxy", "default", kind))
 
 
 async def test_stream_passes_through_and_upstream_sees_its_own_key(mock_upstream: Proc) -> None:

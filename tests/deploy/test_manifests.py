@@ -78,7 +78,9 @@ def test_compose_matches_the_compose_spec_and_docker_compose_parses_it(workdir: 
     run("docker-compose", "config", "-q", cwd=workdir)
 
 
-@pytest.mark.parametrize("target", ["k8s", "k8s/overlays/dev", "k8s/overlays/prod"])
+@pytest.mark.parametrize(
+    "target", ["k8s", "k8s/overlays/dev", "k8s/overlays/prod", "k8s/examples/vllm-fleet"]
+)
 def test_every_overlay_renders_and_validates_strictly(workdir: Path, target: str) -> None:
     out = workdir / f"{target.replace('/', '_')}.yaml"
     out.write_text(run("kubectl", "kustomize", str(workdir / target)))

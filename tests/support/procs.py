@@ -41,6 +41,7 @@ class Proc:
     log_path: Path
     port: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def pid(self) -> int:
@@ -48,7 +49,7 @@ class Proc:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -98,12 +99,19 @@ def wait_http(url: str, proc: Proc | None = None, timeout: float = 20.0) -> None
 
 
 def start_service(
-    name: str, log_dir: Path, env: Mapping[str, str] | None = None, workers: int = 2
+    name: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    workers: int = 2,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> Proc:
-    """One service under real gunicorn with uvicorn workers, as make run starts it."""
+    """One service under real gunicorn with uvicorn workers, as make run starts it (on
+    another loopback address than 127.0.0.1 when told: a fleet of replicas on one port)."""
     service = registry()[name]
-    port = free_port()
-    argv, service_env = gunicorn_command(service, f"127.0.0.1:{port}")
+    port = port or free_port()
+    argv, service_env = gunicorn_command(service, f"{host}:{port}")
     # A port is free again once its process is gone: a later service may get it, so the
     # folder is made unique, not named by the port alone.
     metrics_dir = Path(tempfile.mkdtemp(prefix=f"metrics-{name}-{port}-", dir=log_dir))
@@ -113,8 +121,9 @@ def start_service(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         **(env or {}),
     }
-    proc = start(f"{name}-{port}", argv, log_dir, full_env)
+    proc = start(f"{name}-{host}-{port}", argv, log_dir, full_env)
     proc.port = port
+    proc.host = host
     wait_http(f"{proc.url}/healthz", proc)
     # Every worker, not just the first to answer, must be up (its SIGTERM drain installed).
     # (It says so at INFO; a quieter log level leaves only the health check.)

@@ -329,11 +329,15 @@ class Http1Pool:
         connect_timeout: float,
         max_connections: int,
         ssl_context: ssl.SSLContext | None = None,
+        address: str | None = None,
     ) -> None:
+        """``address``: the IP to connect to when the URL's host name was resolved by the
+        caller (one pool per address of a name); Host and TLS's server name stay the URL's."""
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = url.hostname
+        self.address = address or url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.prefix = url.path.rstrip("/")
         default_port = self.port == (443 if url.scheme == "https" else 80)
@@ -401,7 +405,7 @@ class Http1Pool:
             async with asyncio.timeout(self.connect_timeout):
                 transport, conn = await loop.create_connection(
                     lambda: _Connection(self),
-                    self.host,
+                    self.address,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.metrics import LATENCY_BUCKETS
 
@@ -25,13 +25,50 @@ INTER_TOKEN = Histogram(
 TOKENS = Counter(
     "sluice_chat_tokens_total", "Tokens by kind (prompt|completion).", ["service", "model", "kind"]
 )
+# ``upstream``: a deployment's name in the fleet file ("default" for SLUICE_UPSTREAM_BASE_URL).
 UPSTREAM_REQUESTS = Counter(
-    "sluice_upstream_requests_total", "Upstream responses by HTTP status.", ["service", "status"]
+    "sluice_upstream_requests_total",
+    "Upstream responses by HTTP status.",
+    ["service", "upstream", "status"],
 )
 UPSTREAM_ERRORS = Counter(
     "sluice_upstream_errors_total",
-    "Upstream failures by kind (connect|timeout|reset|status|error_event|protocol).",
-    ["service", "kind"],
+    "Upstream failures by kind (connect|timeout|reset|status|error_event|protocol|too_large).",
+    ["service", "upstream", "kind"],
+)
+STREAMS_ACTIVE = Gauge(
+    "sluice_upstream_streams_active",
+    "Requests open to a deployment (streams and not).",
+    ["service", "upstream"],
+    multiprocess_mode="livesum",
+)
+FAILOVERS = Counter(
+    "sluice_upstream_failovers_total",
+    "Attempts that failed before the first byte and went on to another try, by reason.",
+    ["service", "upstream", "reason"],
+)
+COOLDOWNS = Counter(
+    "sluice_upstream_cooldowns_total",
+    "Times an endpoint of a deployment was put in cooldown (circuit breaker opened).",
+    ["service", "upstream"],
+)
+COOLDOWN = Gauge(
+    "sluice_upstream_in_cooldown",
+    "1 while an endpoint of a deployment is in cooldown (any live worker).",
+    ["service", "upstream"],
+    multiprocess_mode="livemax",
+)
+ENDPOINTS = Gauge(
+    "sluice_upstream_endpoints",
+    "Addresses a deployment's host resolved to.",
+    ["service", "upstream"],
+    multiprocess_mode="livemax",
+)
+UPSTREAM_TTFT = Histogram(
+    "sluice_upstream_time_to_first_token_seconds",
+    "From sending an attempt to a deployment to its first token.",
+    ["service", "upstream"],
+    buckets=LATENCY_BUCKETS,
 )
 
 

@@ -1,9 +1,11 @@
-"""The relay of a streamed completion: the upstream's stream, as the client gets it.
+"""The relay of a streamed answer: the upstream's stream, as the client gets it.
 
 The relay is pass-through: every upstream SSE event is forwarded byte for byte the moment
 it is complete; it is only looked into for what Sluice needs (token timing, usage,
-errors, the end). ``/chat-stream`` gets just the text (:meth:`Relay.deltas`). A failure
-mid-stream ends the stream with an OpenAI-style error (:class:`UpstreamFailure`).
+errors, the end), as its API (:mod:`chat_proxy.apis`) shapes them. ``/chat-stream`` gets
+just the text (:meth:`Relay.deltas`). A failure mid-stream ends the stream with an
+OpenAI-style error (:class:`UpstreamFailure`). When no usage came (the client left, the
+upstream was cut), the key is charged what the relay counted, and the log says so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from fastapi import Request
 from sluice.events import Event
 from sluice.request_context import request_info
 from sluice.streaming import EndReason, StreamError
+from sluice_services.chat_proxy.apis import CHAT, RESPONSE_ENDS, Api
+from sluice_services.chat_proxy.attempts import Lease
 from sluice_services.chat_proxy.frames import FrameTooLarge, SseSplitter, data_of
 from sluice_services.chat_proxy.metrics import (
     INTER_TOKEN,
@@ -34,8 +38,6 @@ from sluice_services.chat_proxy.usage import BadUsage, usage_counts
 
 log = logging.getLogger("chat_proxy")
 
-# A delta with text: a JSON string value that is not empty ("content":null is no token).
-_TEXT_DELTA = re.compile(rb'"content":\s*"[^"]')
 _USAGE = re.compile(rb'"usage":\s*\{')  # json.dumps' default separators have a space
 
 
@@ -44,9 +46,22 @@ def failure_object(kind: str, message: str) -> dict[str, Any]:
     return {"message": message, "type": "upstream_error", "param": None, "code": f"upstream_{kind}"}
 
 
-def error_frame(kind: str, message: str) -> bytes:
+def error_frame(kind: str, message: str, typed: bool = False) -> bytes:
+    """The SSE event a stream ends with when the proxy saw it fail: the chat form, or the
+    Responses API's ``error`` event."""
+    if typed:
+        event = {"type": "error", "code": f"upstream_{kind}", "message": message, "param": None}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
     body = {"error": failure_object(kind, message)}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _event_name(frame: bytes) -> bytes | None:
+    """A frame's ``event:`` name (the Responses API names every event)."""
+    if not frame.startswith(b"event:"):
+        return None
+    line = frame[6 : frame.find(b"\n")]
+    return line.strip()
 
 
 class UpstreamFailure(StreamError):
@@ -85,9 +100,21 @@ class Relay:
     """One streamed completion: forwards upstream events, times tokens, counts usage."""
 
     def __init__(
-        self, proxy: ChatProxy, request: Request, model: str, client_wants_usage: bool
+        self,
+        proxy: ChatProxy,
+        request: Request,
+        model: str,
+        client_wants_usage: bool,
+        *,
+        api: Api = CHAT,
+        prompt_estimate: int = 0,
     ) -> None:
         self.proxy = proxy
+        self.api = api
+        self.token = api.token
+        self.prompt_estimate = prompt_estimate
+        self.lease: Lease | None = None  # the endpoint's slot, released when the stream ends
+        self.upstream = "none"  # the deployment's name, once one answered
         self.request = request
         self.model = model
         self.label = proxy.models.label(model)
@@ -102,6 +129,15 @@ class Relay:
         self.upstream_failed = False
         self._ttft = TIME_TO_FIRST_TOKEN.labels(proxy.service, self.label)
         self._itl = StreamHistogram(INTER_TOKEN.labels(proxy.service, self.label), ITL_BUCKETS)
+
+    def attach(self, lease: Lease) -> None:
+        """The endpoint the stream runs on: its slot is this stream's until it ends."""
+        self.lease = lease
+        self.upstream = lease.endpoint.name
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
     def _token(self) -> None:
         now = time.perf_counter()
@@ -140,6 +176,7 @@ class Relay:
             raise self._fail("too_large", str(exc)) from None
         finally:
             await response.close()
+            self._release()
 
     async def deltas(
         self, first: bytes, chunks: AsyncIterator[bytes], response: UpstreamResponse
@@ -175,7 +212,9 @@ class Relay:
                             "error_event", "the model server sent an event that is not JSON"
                         )
                     if "error" in message:
-                        UPSTREAM_ERRORS.labels(self.proxy.service, "error_event").inc()
+                        UPSTREAM_ERRORS.labels(
+                            self.proxy.service, self.upstream, "error_event"
+                        ).inc()
                         error = _error_object(message["error"])
                         raise UpstreamFailure("upstream error event", error)
                     usage = message.get("usage")
@@ -187,7 +226,9 @@ class Relay:
                             continue
                         delta = choice.get("delta")
                         content = delta.get("content") if isinstance(delta, dict) else None
-                        if isinstance(content, str) and content:
+                        if not content and self.token.search(payload) is not None:
+                            self._token()  # (reasoning, a tool call: counted, not shown)
+                        elif isinstance(content, str) and content:
                             self._token()
                             sent += 1
                             open_line = not content.endswith("\n")
@@ -212,6 +253,7 @@ class Relay:
             raise StreamError(str(exc), last=failed) from None
         finally:
             await response.close()
+            self._release()
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes:
         try:
@@ -222,9 +264,11 @@ class Relay:
             raise self._fail(exc.kind, str(exc)) from None
 
     def _fail(self, kind: str, message: str) -> UpstreamFailure:
-        UPSTREAM_ERRORS.labels(self.proxy.service, kind).inc()
+        UPSTREAM_ERRORS.labels(self.proxy.service, self.upstream, kind).inc()
         return UpstreamFailure(
-            message, failure_object(kind, message), last=error_frame(kind, message)
+            message,
+            failure_object(kind, message),
+            last=error_frame(kind, message, self.api.typed),
         )
 
     def _relay(self, splitter: SseSplitter, chunk: bytes) -> bytes:
@@ -238,10 +282,11 @@ class Relay:
             and b'"usage"' not in chunk  # usage (any spacing) is looked into below
             and not chunk.startswith(b'data: {"error"')
         ):
-            if _TEXT_DELTA.search(chunk) is not None:
+            if self.token.search(chunk) is not None:
                 self._token()
             return chunk
-        return self._inspect(splitter.feed(chunk))
+        frames = splitter.feed(chunk)
+        return self._inspect_typed(frames) if self.api.typed else self._inspect(frames)
 
     def _inspect(self, frames: list[bytes]) -> bytes:
         out = []
@@ -255,11 +300,11 @@ class Relay:
                 out.append(frame)
                 break
             if payload.startswith(b'{"error"'):
-                UPSTREAM_ERRORS.labels(self.proxy.service, "error_event").inc()
+                UPSTREAM_ERRORS.labels(self.proxy.service, self.upstream, "error_event").inc()
                 self.ended = self.upstream_failed = True
                 out.append(frame)
                 break
-            if _TEXT_DELTA.search(payload) is not None:
+            if self.token.search(payload) is not None:
                 self._token()
             if _USAGE.search(payload) is not None:
                 message = _json_object(payload)
@@ -270,12 +315,54 @@ class Relay:
             out.append(frame)
         return b"".join(out)
 
+    def _inspect_typed(self, frames: list[bytes]) -> bytes:
+        """The Responses API's events: named, JSON, ending with ``response.completed``
+        (its usage inside) or an ``error``; no ``[DONE]``."""
+        out = []
+        for frame in frames:
+            payload = data_of(frame)
+            out.append(frame)
+            if payload is None:
+                continue  # comments, retry hints
+            if self.token.search(payload) is not None:
+                self._token()
+                continue
+            name = _event_name(frame)
+            if name is None or name == b"error" or name in RESPONSE_ENDS:
+                message = _json_object(payload)
+                kind = message.get("type") if message is not None else None
+                name = kind.encode() if isinstance(kind, str) else name
+            if name == b"error":
+                UPSTREAM_ERRORS.labels(self.proxy.service, self.upstream, "error_event").inc()
+                self.ended = self.upstream_failed = True
+                break
+            if name in RESPONSE_ENDS:
+                response = message.get("response") if message is not None else None
+                usage = response.get("usage") if isinstance(response, dict) else None
+                if isinstance(usage, dict):
+                    self.usage = {
+                        "prompt_tokens": usage.get("input_tokens"),
+                        "completion_tokens": usage.get("output_tokens"),
+                    }
+                self.ended = True
+                if name == b"response.failed":
+                    UPSTREAM_ERRORS.labels(self.proxy.service, self.upstream, "error_event").inc()
+                    self.upstream_failed = True
+                break
+        return b"".join(out)
+
     def finish(self, reason: EndReason) -> None:
+        self._release()
         self._itl.flush()
+        estimated = self.usage is None  # none came: the client left, or the upstream was cut
         try:
             prompt, completion = usage_counts(self.usage)
         except BadUsage as exc:
             # The tokens went out: what the proxy counted itself is charged.
             log.warning("the model server's usage is not token counts: %s", exc)
-            prompt, completion = 0, 0
-        self.proxy.account(self.request, self.model, prompt, completion or self.completion)
+            prompt, completion, estimated = 0, 0, True
+        if estimated:
+            prompt = prompt or self.prompt_estimate
+        self.proxy.account(
+            self.request, self.model, prompt, completion or self.completion, estimated=estimated
+        )

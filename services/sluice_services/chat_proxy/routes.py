@@ -1,12 +1,23 @@
-"""``/v1/chat/completions``, ``/v1/models`` and the seed's ``/chat-stream``."""
+"""The OpenAI routes (``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``,
+``/v1/embeddings``, ``/v1/models``) and the seed's ``/chat-stream``.
+
+Each is routed, balanced and failed over (:mod:`chat_proxy.proxy`), metered and rate
+limited alike. A stream's headers go out with its first upstream token: until then a
+failure is a plain JSON error (502/503/504/4xx) every client understands. With early
+headers on (a route's ``early_headers``), the 200 goes out at once and the core's
+``: ping`` comments keep the connection alive while the model thinks; a failure before
+the first token is then an SSE error event.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import Response
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
 
 from sluice.admission import StreamTicket, open_stream
 from sluice.body import BodyError, parse_json, parse_json_object, read_body
@@ -15,14 +26,21 @@ from sluice.errors import ApiError
 from sluice.events import Event
 from sluice.formats import StreamFormat, choose_format
 from sluice.runtime import Runtime
-from sluice.streaming import StreamResponse
+from sluice.streaming import StreamError, StreamResponse
+from sluice_services.chat_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Api
 from sluice_services.chat_proxy.leaving import until_disconnect
-from sluice_services.chat_proxy.proxy import ChatProxy
+from sluice_services.chat_proxy.proxy import ChatProxy, Started
 from sluice_services.chat_proxy.relay import Relay
-from sluice_services.chat_proxy.schema import validate
+from sluice_services.chat_proxy.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+    validate,
+)
 from sluice_services.chat_proxy.settings import ChatSettings
-from sluice_services.chat_proxy.upstream import UpstreamError, UpstreamResponse, first_chunk
-from sluice_services.chat_proxy.usage import BadUsage, usage_counts
+from sluice_services.chat_proxy.upstream import UpstreamError
+from sluice_services.chat_proxy.usage import BadUsage, estimate_prompt_tokens, usage_counts
 
 
 def _already_answered() -> Response:
@@ -48,8 +66,27 @@ def _client_left() -> ApiError:
     )
 
 
+def _early_failure(error: ApiError, typed: bool, deltas: bool) -> StreamError:
+    """A failure before the first token of a stream whose 200 already went out: its error
+    as the stream's last event, in the stream's own form."""
+    body = {"message": error.message, "type": error.type, **error.fields}
+    if deltas:
+        failed = Event(
+            event="failed", id="1", data={"error": body}, text=f"[error: {error.message}]\n"
+        )
+        return StreamError(error.message, last=failed)
+    if typed:
+        event = {"type": "error", "code": body.get("code"), "message": error.message, "param": None}
+        return StreamError(error.message, last=b"event: error\ndata: " + _json(event) + b"\n\n")
+    return StreamError(error.message, last=b"data: " + _json({"error": body}) + b"\n\n")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
 def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
-    """The routes, around one ChatProxy whose upstream pool lives as long as the worker."""
+    """The routes, around one ChatProxy whose endpoints live as long as the worker."""
     proxy = ChatProxy(runtime)
     runtime.resources.append(proxy.lifespan)
     limit = runtime.rates.limit
@@ -57,27 +94,28 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     @limit()
+    async def chat_completions(request: Request) -> Response:
+        return await _openai(request, CHAT, ChatCompletionRequest)
+
+    @router.post("/v1/completions", response_model=None)
+    @limit()
     async def completions(request: Request) -> Response:
-        raw = await read_body(request, proxy.settings.chat_max_body_bytes)
-        payload = parse_json_object(raw)  # finite numbers only: nothing forwarded as NaN
-        body = validate(payload)
-        proxy.tokens.check(caller_key(request))
-        if not body.stream:
-            return await _complete(request, payload, body.model)
-        wants_usage = bool(body.stream_options and body.stream_options.include_usage)
-        options = dict(payload.get("stream_options") or {})
-        payload["stream_options"] = {**options, "include_usage": True}
-        ticket = await open_stream(request)
-        relay = Relay(proxy, request, body.model, wants_usage)
-        return await _relay(ticket, payload, relay, StreamFormat.SSE, passthrough=True)
+        return await _openai(request, COMPLETIONS, CompletionRequest)
+
+    @router.post("/v1/responses", response_model=None)
+    @limit()
+    async def responses(request: Request) -> Response:
+        return await _openai(request, RESPONSES, ResponsesRequest)
+
+    @router.post("/v1/embeddings", response_model=None)
+    @limit()
+    async def embeddings(request: Request) -> Response:
+        return await _openai(request, EMBEDDINGS, EmbeddingRequest)
 
     @router.get("/v1/models", response_model=None)
     @limit()
     async def models(request: Request) -> Response:
-        status, body = await proxy.get("/models")
-        if status != 200:
-            raise ApiError(502, "upstream_error", f"the model server answered {status}")
-        return Response(body, media_type="application/json")
+        return JSONResponse(await proxy.model_list())
 
     @router.get("/chat-stream", response_class=StreamResponse)
     @limit()
@@ -97,87 +135,152 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        _, options = proxy.route(chosen)
         ticket = await open_stream(request)
-        relay = Relay(proxy, request, chosen, client_wants_usage=False)
-        return await _relay(ticket, payload, relay, fmt, passthrough=False)
+        relay = Relay(
+            proxy,
+            request,
+            chosen,
+            client_wants_usage=False,
+            prompt_estimate=estimate_prompt_tokens(payload),
+        )
+        early = options.early_headers and fmt is StreamFormat.SSE
+        return await _relay(ticket, CHAT, payload, relay, fmt, passthrough=False, early=early)
 
-    async def _complete(request: Request, payload: dict[str, Any], model: str) -> Response:
+    async def _openai(request: Request, api: Api, schema: type[BaseModel]) -> Response:
+        raw = await read_body(request, proxy.settings.chat_max_body_bytes)
+        payload = parse_json_object(raw)  # finite numbers only: nothing forwarded as NaN
+        body: Any = validate(payload, schema)
+        proxy.tokens.check(caller_key(request))
+        model: str = body.model
+        _, options = proxy.route(model)
+        if getattr(body, "background", None):
+            raise ApiError(
+                400,
+                "invalid_request_error",
+                "background responses are not proxied: stream it, or wait for it",
+                fields={"param": "background", "code": "unsupported_parameter"},
+            )
+        if not getattr(body, "stream", False):
+            return await _complete(request, api, payload, model)
+        wants_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if not api.typed:  # (a Responses stream always ends with its usage)
+            options_asked = dict(payload.get("stream_options") or {})
+            payload["stream_options"] = {**options_asked, "include_usage": True}
+        ticket = await open_stream(request)
+        relay = Relay(
+            proxy,
+            request,
+            model,
+            wants_usage,
+            api=api,
+            prompt_estimate=estimate_prompt_tokens(payload),
+        )
+        return await _relay(
+            ticket,
+            api,
+            payload,
+            relay,
+            StreamFormat.SSE,
+            passthrough=True,
+            early=options.early_headers,
+        )
+
+    async def _complete(
+        request: Request, api: Api, payload: dict[str, Any], model: str
+    ) -> Response:
         # Raced against the client leaving, as a stream's start is: the upstream request is
         # cancelled at once, not run to its end for nobody.
-        raw = await until_disconnect(request.receive, _answer(payload))
+        raw = await until_disconnect(request.receive, proxy.complete(api.path, payload, model))
         if raw is None:
             raise _client_left()
-        prompt, completion = _answer_usage(raw)
+        prompt, completion = _answer_usage(raw, api)
         proxy.account(request, model, prompt, completion)
         return Response(raw, media_type="application/json")
 
-    async def _answer(payload: dict[str, Any]) -> bytes:
-        response = await proxy.send(payload, stream=False)
-        try:
-            return await response.read()
-        except UpstreamError as exc:
-            raise proxy.failure(exc) from None
-        finally:
-            await response.close()
-
-    def _answer_usage(raw: bytes) -> tuple[int, int]:
-        """A non-streamed answer's token counts; a 502 ``upstream_protocol`` when it is not
-        a JSON object (plain JSON, finite numbers, not too deep) with a well-formed usage:
-        its cost unknown, it is not passed on."""
+    def _answer_usage(raw: bytes, api: Api) -> tuple[int, int]:
+        """A whole answer's token counts; a 502 ``upstream_protocol`` when it is not a JSON
+        object (plain JSON, finite numbers, not too deep) with a well-formed usage: its cost
+        unknown, it is not passed on."""
         try:
             answer = parse_json(raw)
             if not isinstance(answer, dict):
                 raise BadUsage(f"the answer is a JSON {type(answer).__name__}, not an object")
-            return usage_counts(answer.get("usage"))
+            usage = answer.get("usage")
+            if api.typed and isinstance(usage, dict):
+                usage = {
+                    "prompt_tokens": usage.get("input_tokens"),
+                    "completion_tokens": usage.get("output_tokens"),
+                }
+            return usage_counts(usage)
         except BodyError as exc:
             problem = exc.message.replace("the body", "the answer")
         except BadUsage as exc:
             problem = str(exc)
-        raise proxy.failure(UpstreamError("protocol", f"malformed answer: {problem}"))
+        raise proxy.failure("any", UpstreamError("protocol", f"malformed answer: {problem}"))
 
     async def _relay(
         ticket: StreamTicket,
+        api: Api,
         payload: dict[str, Any],
         relay: Relay,
         fmt: StreamFormat,
         *,
         passthrough: bool,
+        early: bool,
     ) -> StreamResponse:
-        # Our headers go out with the first upstream byte: until then a failure is a
-        # plain JSON error (502/504/4xx) that every client, the SDK included, understands.
-        # A client that leaves before it (a long prefill) cancels the upstream request.
+        model = relay.model
+
+        def events_of(started: Started) -> AsyncIterator[Event | bytes]:
+            if passthrough:
+                return relay.passthrough(started.first, started.chunks, started.response)
+            return relay.deltas(started.first, started.chunks, started.response)
+
+        if early:
+            # An answer cannot be resumed elsewhere: on drain it may finish within the window.
+            return ticket.response(
+                _early(api, payload, relay, fmt, events_of, deltas=not passthrough),
+                fmt,
+                on_end=[relay.finish],
+                drain="finish",
+            )
+        # A client that leaves before the first token (a long prefill) cancels the attempt.
         try:
-            started = await until_disconnect(ticket.request.receive, _start(payload))
+            outcome = await until_disconnect(
+                ticket.request.receive, proxy.start_stream(api.path, payload, model)
+            )
         except BaseException:
             ticket.release()
             raise
-        if started is None:  # (the upstream request is cancelled, its connection closed)
+        if outcome is None:  # (the upstream request is cancelled, its connection closed)
             ticket.release()
             raise _client_left()
-        response, chunks, first = started
-        events: AsyncIterator[Event | bytes] = (
-            relay.passthrough(first, chunks, response)
-            if passthrough
-            else relay.deltas(first, chunks, response)
+        relay.attach(outcome.lease)
+        headers = {"x-sluice-attempts": str(outcome.attempts)}
+        return ticket.response(
+            events_of(outcome.value), fmt, headers=headers, on_end=[relay.finish], drain="finish"
         )
-        # An answer cannot be resumed elsewhere: on drain it may finish within the window.
-        return ticket.response(events, fmt, on_end=[relay.finish], drain="finish")
 
-    async def _start(
+    async def _early(
+        api: Api,
         payload: dict[str, Any],
-    ) -> tuple[UpstreamResponse, AsyncIterator[bytes], bytes]:
-        """The upstream stream, opened up to its first chunk that says something."""
-        response = await proxy.send(payload, stream=True)
-        chunks = response.chunks()
+        relay: Relay,
+        fmt: StreamFormat,
+        events_of: Callable[[Started], AsyncIterator[Event | bytes]],
+        *,
+        deltas: bool,
+    ) -> AsyncIterator[Event | bytes]:
+        """The stream of an early 200: the attempts run under the core's heartbeat."""
         try:
-            first = await first_chunk(chunks)
-            if first is None:
-                raise UpstreamError("reset", "empty body")
-        except BaseException as exc:  # (cancelled too: the client left)
-            await response.close()
-            if isinstance(exc, UpstreamError):
-                raise proxy.failure(exc) from None
-            raise
-        return response, chunks, first
+            outcome = await proxy.start_stream(api.path, payload, relay.model)
+        except ApiError as error:
+            raise _early_failure(error, api.typed, deltas) from None
+        relay.attach(outcome.lease)
+        started: Started = outcome.value
+        try:
+            async for item in events_of(started):
+                yield item
+        finally:
+            await started.response.close()
 
     return router

@@ -1,10 +1,11 @@
-"""What a chat completion request must look like; anything else is passed through."""
+"""What a request to each API must look like: the fields the proxy relies on, checked as
+OpenAI checks them; anything else is passed through."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from sluice.errors import ApiError
 
@@ -42,7 +43,50 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
 
 
-def validate(payload: Any) -> ChatCompletionRequest:
+# A prompt or an input: text, texts, token ids, or lists of token ids; not empty.
+Tokens = (
+    Annotated[StrictStr, Field(max_length=10_000_000)]
+    | Annotated[list[StrictStr], Field(min_length=1)]
+    | Annotated[list[StrictInt], Field(min_length=1)]
+    | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+)
+
+
+class CompletionRequest(BaseModel):
+    """The legacy ``/v1/completions``."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=256, strict=True)
+    prompt: Tokens
+    stream: bool = Field(False, strict=True)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    n: int | None = Field(None, ge=1, le=1, strict=True)
+    stream_options: StreamOptions | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=256, strict=True)
+    input: Tokens
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1, strict=True)
+
+
+class ResponsesRequest(BaseModel):
+    """``/v1/responses``: ``input`` is a string or a list of items (passed as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=256, strict=True)
+    input: StrictStr | list[Any]
+    stream: bool = Field(False, strict=True)
+    max_output_tokens: int | None = Field(None, ge=1, strict=True)
+    background: bool | None = Field(None, strict=True)
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def validate(payload: Any, schema: type[R] = ChatCompletionRequest) -> R:  # type: ignore[assignment]
     """The parsed request, or a 400 naming the first bad parameter, as OpenAI answers."""
     if not isinstance(payload, dict):
         raise ApiError(
@@ -52,7 +96,7 @@ def validate(payload: Any) -> ChatCompletionRequest:
             fields={"param": None, "code": "invalid_body"},
         )
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        return schema.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])

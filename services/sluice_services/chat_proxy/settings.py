@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, field_validator
+from pydantic import Field, FilePath, PrivateAttr, SecretStr, field_validator, model_validator
 
 from sluice.settings import CoreSettings, rate_limit_string
+from sluice_services.chat_proxy.fleet import Fleet, load_fleet, single_fleet
 
 
 class ChatSettings(CoreSettings):
@@ -30,6 +31,21 @@ class ChatSettings(CoreSettings):
     upstream_max_event_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest upstream SSE event of a stream."
     )
+    upstreams_file: FilePath | None = Field(
+        None,
+        description="A fleet file (YAML): several deployments, balanced and failed over "
+        "(README: 'A model fleet'). Set, it replaces SLUICE_UPSTREAM_BASE_URL/_API_KEY.",
+    )
+    chat_first_token_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="No first token this soon: the attempt fails over (default: the read timeout).",
+    )
+    chat_early_headers: bool = Field(
+        False,
+        description="Send the 200 and ': ping' comments while the model is still silent "
+        "(for idle timeouts in front); a failure before the first token is then an SSE error.",
+    )
     chat_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
     chat_token_limit: str = Field(
         "1000000/hour", description="Tokens (prompt + completion) per key per window."
@@ -39,7 +55,35 @@ class ChatSettings(CoreSettings):
         "", description="Comma-separated model names for metric labels (others: 'other')."
     )
 
-    @field_validator("upstream_ca_bundle", mode="before")
+    _fleet: Fleet = PrivateAttr()
+
+    @property
+    def fleet(self) -> Fleet:
+        """The deployments chat-proxy routes to: the fleet file's, or the one of
+        SLUICE_UPSTREAM_BASE_URL (read and checked with the settings, so a bad file fails
+        at start naming its line and field)."""
+        return self._fleet
+
+    @model_validator(mode="after")
+    def _load_fleet(self) -> ChatSettings:
+        if self.upstreams_file is not None:
+            if self.chat_early_headers or self.chat_first_token_timeout is not None:
+                raise ValueError(
+                    "with SLUICE_UPSTREAMS_FILE, set early_headers and first_token_timeout in "
+                    "the file (routing: or models:), not as SLUICE_CHAT_* settings"
+                )
+            self._fleet = load_fleet(self.upstreams_file)
+        else:
+            self._fleet = single_fleet(
+                self.upstream_base_url,
+                self.upstream_api_key,
+                str(self.upstream_ca_bundle) if self.upstream_ca_bundle else None,
+                first_token_timeout=self.chat_first_token_timeout,
+                early_headers=self.chat_early_headers,
+            )
+        return self
+
+    @field_validator("upstream_ca_bundle", "upstreams_file", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # SLUICE_UPSTREAM_CA_BUNDLE= (compose's default)

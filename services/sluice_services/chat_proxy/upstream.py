@@ -63,9 +63,12 @@ class Upstream:
         *,
         max_response_bytes: int = 8 * 1024 * 1024,
         ca_bundle: str | None = None,
+        address: str | None = None,
     ) -> None:
         context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-        self.pool = Http1Pool(base_url, connect, max_connections, ssl_context=context)
+        self.pool = Http1Pool(
+            base_url, connect, max_connections, ssl_context=context, address=address
+        )
         self.read_timeout = read
         self.max_response_bytes = max_response_bytes
 

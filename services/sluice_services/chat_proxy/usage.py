@@ -40,3 +40,28 @@ def _count(usage: dict[str, Any], name: str) -> int:
     if not 0 <= value <= MAX_TOKENS:
         raise BadUsage(f"usage.{name} is {value}, not in 0..{MAX_TOKENS}")
     return value
+
+
+# An estimate's bound: the text looked at (a request body is bounded before this anyway).
+ESTIMATE_MAX_CHARS = 4 * 1024 * 1024
+
+
+def estimate_prompt_tokens(payload: Any) -> int:
+    """The prompt's tokens as the proxy guesses them when the model server never said
+    (about 4 characters a token, as OpenAI's rule of thumb; a few a message for its
+    framing): the text of ``messages``, ``prompt`` or ``input``, whatever their shape."""
+    if not isinstance(payload, dict):
+        return 0
+    chars = 0
+    messages = 0
+    stack = [payload.get(name) for name in ("messages", "prompt", "input", "instructions")]
+    while stack and chars < ESTIMATE_MAX_CHARS:
+        value = stack.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            messages += 1
+            stack.extend(value.get(k) for k in ("content", "text", "input", "output", "arguments"))
+    return (chars + 3) // 4 + 3 * messages if chars or messages else 0
