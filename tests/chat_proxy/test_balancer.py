@@ -99,3 +99,9 @@ def test_a_new_endpoint_is_tried_soon() -> None:
     rng = random.Random(3)
     picks = Counter(pick([*known, fresh], 0.0, rng=rng) for _ in range(30))
     assert picks[fresh] >= 15
+
+
+def test_round_robin_takes_the_usable_ones_in_turn_blind_to_speed() -> None:
+    endpoints = [endpoint("a", ttft=0.05), endpoint("b", ttft=0.05), endpoint("slow", ttft=0.25)]
+    got = Counter(pick(endpoints, 0.0, turn=n).name for n in range(300))  # type: ignore[union-attr]
+    assert got == {"a": 100, "b": 100, "slow": 100}

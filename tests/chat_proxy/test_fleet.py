@@ -132,7 +132,7 @@ def test_the_smallest_file_takes_every_default(tmp_path: Path) -> None:
     assert fleet.deployments == (Deployment("a", "http://a/v1", None, None),)
     (only,) = fleet.deployments
     assert (only.weight, only.max_streams, only.priority, only.ca_bundle) == (1.0, None, 0, None)
-    assert fleet.routing == Routing(3, None, None, False, 30.0, 3, 30.0)
+    assert fleet.routing == Routing(3, None, None, False, 30.0, 3, 30.0, "p2c")
     assert fleet.routes == {}
 
 
@@ -468,6 +468,8 @@ routing:
         ("failures: 1001", "failures", "must be an integer from 1 to 1000"),
         ("cooldown: 0", "cooldown", "must be a number > 0"),
         ("cooldown: .nan", "cooldown", "must be a number > 0"),
+        ("balance: random", "balance", "must be one of p2c, round_robin"),
+        ("balance: 1", "balance", "expected a string, got an integer"),
         ("atempts: 3", "atempts", "unknown key; did you mean 'attempts'?"),
     ],
 )

@@ -33,7 +33,20 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from sluice_services.chat_proxy.schema import ChatCompletionRequest
+from sluice_services.chat_proxy.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
+
+# chat-proxy's OpenAI routes read their bodies themselves: each one's validator schema.
+_BODIES = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/v1/responses": ResponsesRequest,
+}
 
 SEED = 13  # one fixed seed, derandomized generation and no example database: CI repeats a run
 REQUEST_TIMEOUT = 2.0
@@ -88,8 +101,9 @@ def augmented(raw: dict[str, Any], examples: Mapping[str, Any]) -> dict[str, Any
 
     - every stream (a GET whose 200 declares no content) reads ``?format=``, ``Accept``,
       ``?after=`` and ``Last-Event-ID`` (see sluice.formats and the resumable routes);
-    - chat-proxy's ``POST /v1/chat/completions`` reads its body itself: its own validator's
-      schema is declared for it (while the route declares none);
+    - chat-proxy's OpenAI routes (``POST /v1/chat/completions``, ``/v1/completions``, ...)
+      read their bodies themselves: each one's validator schema is declared for it (while
+      the route declares none);
     - ``examples`` by parameter name (``name``, ``job_id``) or by path (a body) point some
       cases at things that exist (a configured file, a job of the key), so they go past 404.
     """
@@ -109,10 +123,10 @@ def augmented(raw: dict[str, Any], examples: Mapping[str, Any]) -> dict[str, Any
                     param["example"] = examples[param["name"]]
             if (
                 method == "post"
-                and path == "/v1/chat/completions"
+                and path in _BODIES
                 and "requestBody" not in operation
             ):
-                body = ChatCompletionRequest.model_json_schema(
+                body = _BODIES[path].model_json_schema(
                     ref_template="#/components/schemas/{model}"
                 )
                 schemas.update(body.pop("$defs", {}))

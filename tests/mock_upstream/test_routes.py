@@ -135,3 +135,49 @@ def test_fault_spec_parsing() -> None:
     for bad in ("status=200", "stall=-1", "stall=x", "nope", "nope=1"):
         with pytest.raises(FaultSpecError):
             parse_faults(bad, "m")
+
+
+async def test_the_ledger_says_which_api_each_request_used() -> None:
+    requests = [
+        ("/v1/chat/completions", chat(True), "k-chat"),
+        ("/v1/completions", json.dumps({"model": "m", "prompt": "hi"}).encode(), "k-cmpl"),
+        ("/v1/embeddings", json.dumps({"model": "m", "input": "hi", "x": 1}).encode(), "k-emb"),
+        (
+            "/v1/responses",
+            json.dumps({"model": "m", "input": "hi", "stream": True}).encode(),
+            "k-resp",
+        ),
+    ]
+    async with asgi.lifespan(create_app(FAST)) as app:
+        before = json.loads((await asgi.request(app, "/mock/stats")).body)
+        for path, body, rid in requests:
+            result = await asgi.request(
+                app, path, method="POST", headers=[JSON, ("x-request-id", rid)], body=body
+            )
+            assert result.status == 200, result.text
+        seen = [
+            json.loads((await asgi.request(app, f"/mock/requests/{rid}")).body)
+            for _, _, rid in requests
+        ]
+        stats = json.loads((await asgi.request(app, "/mock/stats")).body)
+    assert before == {
+        "requests": 0,
+        "streams": 0,
+        "chat": 0,
+        "completions": 0,
+        "embeddings": 0,
+        "responses": 0,
+    }
+    assert [s["kind"] for s in seen] == ["chat", "completions", "embeddings", "responses"]
+    assert [s["stream"] for s in seen] == [True, False, False, True]
+    assert all(s["end"] == "completed" for s in seen)
+    assert seen[2]["extra_fields"] == ["x"]
+    assert stats == {
+        "requests": 4,
+        "streams": 2,
+        "chat": 1,
+        "completions": 1,
+        "embeddings": 1,
+        "responses": 1,
+        "completed": 4,
+    }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from sluice.errors import ApiError
@@ -84,6 +84,7 @@ async def attempt(
     deadline: float,
     model: str,
     service: str,
+    turns: Iterator[int] | None = None,
 ) -> Outcome[T]:
     """The first attempt that succeeds, holding its endpoint's lease (the caller releases
     it); the last failure's error when none did, or a 503 when no endpoint was usable."""
@@ -95,7 +96,7 @@ async def attempt(
         left = end - now
         if left <= 0:
             break
-        endpoint = pick(candidates, now, tried)
+        endpoint = pick(candidates, now, tried, turn=next(turns) if turns else None)
         if endpoint is None:
             break
         tried.append(endpoint)

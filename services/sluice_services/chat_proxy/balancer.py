@@ -25,8 +25,10 @@ def pick(
     now: float,
     tried: Collection[Endpoint] = (),
     rng: random.Random | None = None,
+    turn: int | None = None,
 ) -> Endpoint | None:
-    """The endpoint for a new request, or None when none is usable now."""
+    """The endpoint for a new request, or None when none is usable now. With ``turn``
+    (``routing.balance: round_robin``): the usable ones in turn, blind to load and speed."""
     usable = [e for e in candidates if e not in tried and e.usable(now)]
     if not usable:
         return None
@@ -34,6 +36,8 @@ def pick(
     usable = [e for e in usable if e.deployment.priority == tier]
     if len(usable) == 1:
         return usable[0]
+    if turn is not None:
+        return usable[turn % len(usable)]
     draw = rng or random
     weights = [e.deployment.weight for e in usable]
     first = draw.choices(range(len(usable)), weights)[0]

@@ -129,6 +129,9 @@ class Routing:
     resolve_interval: float = 30.0  # seconds between DNS resolutions of host names
     failures: int = 3  # consecutive failures that put an endpoint in cooldown
     cooldown: float = 30.0  # seconds of the first cooldown
+    # p2c: two random choices, the less loaded and faster wins; round_robin: in turn
+    # (for a comparison: it ignores load and speed).
+    balance: str = "p2c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +302,9 @@ ROUTING_KEYS = (
     "resolve_interval",
     "failures",
     "cooldown",
+    "balance",
 )
+BALANCES = ("p2c", "round_robin")
 ROUTE_KEYS = ("first_token_timeout", "early_headers")
 TOP_KEYS = ("upstreams", "routing", "models")
 
@@ -652,6 +657,11 @@ class _Walker:
                 changes[key] = _boolean(value, field)
             elif key == "first_token_timeout":
                 changes[key] = _timeout(value, field)
+            elif key == "balance":
+                choice = _string(value, field)
+                if choice not in BALANCES:
+                    _fail(value, field, f"must be one of {', '.join(BALANCES)}")
+                changes[key] = choice
             elif key == "resolve_interval":
                 changes[key] = _number(value, field, least=1)
             else:  # deadline, cooldown

@@ -9,6 +9,7 @@ stream's first token came is :mod:`chat_proxy.relay`'s.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -70,6 +71,7 @@ class ChatProxy:
         self.tokens = TokenBudget(runtime, settings.chat_token_limit)
         routing = self.fleet.routing
         self.deadline = routing.deadline or settings.upstream_read_timeout
+        self._turns = itertools.count() if routing.balance == "round_robin" else None
         runtime.readiness.append(self._ready)
 
     @asynccontextmanager
@@ -188,6 +190,7 @@ class ChatProxy:
             deadline=self.deadline,
             model=model,
             service=self.service,
+            turns=self._turns,
         )
 
     async def _post(

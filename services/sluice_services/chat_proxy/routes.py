@@ -163,7 +163,8 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
             )
         if not getattr(body, "stream", False):
             return await _complete(request, api, payload, model)
-        wants_usage = bool(body.stream_options and body.stream_options.include_usage)
+        asked = getattr(body, "stream_options", None)  # (the Responses API has none of it)
+        wants_usage = bool(asked and asked.include_usage)
         if not api.typed:  # (a Responses stream always ends with its usage)
             options_asked = dict(payload.get("stream_options") or {})
             payload["stream_options"] = {**options_asked, "include_usage": True}

@@ -1,15 +1,16 @@
-"""``/v1/chat/completions`` and ``/v1/models`` as OpenAI serves them, plus ``/mock/*`` stats."""
+"""The OpenAI routes the mock serves, ``/v1/models``, ``/v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``, plus ``/mock/*``: what it
+saw. Each API's bytes are its own module's; here is what every request shares: its
+faults, its ledger entry, a ``status`` fault's refusal, and how its answer goes out.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from sluice.admission import stream
@@ -18,72 +19,76 @@ from sluice.errors import ApiError
 from sluice.formats import StreamFormat
 from sluice.logs import request_id_var
 from sluice.runtime import Runtime
-from sluice.streaming import EndReason, StreamError
-from sluice_services.mock_upstream.faults import Faults, FaultSpecError, parse_faults
-from sluice_services.mock_upstream.ledger import Entry, Ledger
+from sluice.streaming import EndReason
+from sluice_services.mock_upstream import chat, completions, embeddings, responses
+from sluice_services.mock_upstream.faults import Faults, FaultSpecError, parse_faults, parse_spec
+from sluice_services.mock_upstream.ledger import Entry, Kind, Ledger
+from sluice_services.mock_upstream.pacing import MidAnswerFailure, Pacer, answer_time
 from sluice_services.mock_upstream.settings import MockSettings
+from sluice_services.mock_upstream.text import WORDS, mock_text
+from sluice_services.mock_upstream.wire import mid_answer_error, openai_error
 
-WORDS = (
-    "Sluice",
-    " streams",
-    " tokens",
-    " from",
-    " a",
-    " mock",
-    " upstream",
-    " so",
-    " every",
-    " test",
-    " sees",
-    " the",
-    " same",
-    " answer",
-    ".",
-)
-
-
-def mock_text(count: int) -> str:
-    """The completion the mock gives for ``count`` tokens: deterministic."""
-    return "".join(WORDS[i % len(WORDS)] for i in range(count))
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: Any = None
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stream_options: dict[str, Any] | None = None
-
-
-def _prompt_tokens(body: ChatRequest) -> int:
-    words = 0
-    for message in body.messages:
-        if isinstance(message.content, str):
-            words += len(message.content.split())
-    return max(1, words)
-
-
-def _openai_error(status: int, message: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": f"mock_{status}"}},
-        status_code=status,
-    )
+__all__ = ["WORDS", "build_router", "mock_text"]  # the tests' expected answers come from here
 
 
 def build_router(runtime: Runtime[MockSettings]) -> APIRouter:
     settings = runtime.settings
     models = [m.strip() for m in settings.mock_models.split(",") if m.strip()]
+    default_faults = parse_spec(settings.dev_mock_fault)  # checked by the settings already
     ledger = Ledger()
     router = APIRouter(tags=["mock upstream"], route_class=JsonBodyRoute)
+
+    def begin(
+        request: Request, model: str, streamed: bool, kind: Kind, extra: dict[str, Any] | None
+    ) -> tuple[Entry, Faults, str]:
+        """The request's faults (a bad spec: 400) and its ledger entry."""
+        try:
+            faults = parse_faults(request.headers.get("x-mock-fault"), model, default_faults)
+        except FaultSpecError as exc:
+            raise ApiError(400, "invalid_fault", str(exc)) from None
+        request_id = request_id_var.get() or "none"
+        principal = getattr(request.state, "principal", None)
+        key_id = principal.key_id if principal else None
+        entry = ledger.open(request_id, model, streamed, key_id, kind)
+        entry.extra_fields = sorted(extra or {})
+        if request.client is not None:
+            entry.peer = f"{request.client.host}:{request.client.port}"
+        return entry, faults, request_id
+
+    def refusal(entry: Entry, faults: Faults) -> Response | None:
+        """``status=N``: the whole answer is that error."""
+        if faults.status is None:
+            return None
+        ledger.close(entry, f"status_{faults.status}")
+        return openai_error(faults.status, f"mock upstream failure {faults.status}")
+
+    def pace(faults: Faults, limit: int | None) -> tuple[int, float]:
+        """This answer's token count and the seconds between its tokens."""
+        count = faults.tokens or settings.dev_mock_tokens
+        if limit is not None:
+            count = min(count, limit)
+        delay = faults.delay if faults.delay is not None else settings.dev_mock_token_delay
+        return count, delay
+
+    async def answered(
+        entry: Entry, faults: Faults, count: int, delay: float, body: Callable[[], Any]
+    ) -> Response:
+        """A non-streamed answer, once its stream would have ended (or failed: HTTP 500)."""
+        try:
+            await answer_time(faults, count, delay)
+        except MidAnswerFailure:
+            entry.tokens_sent = faults.error_after or 0
+            ledger.close(entry, "error")
+            return mid_answer_error()
+        entry.tokens_sent = count
+        ledger.close(entry, "completed")
+        return JSONResponse(body())
+
+    async def streamed(request: Request, entry: Entry, frames: AsyncIterator[bytes]) -> Response:
+        def record(reason: EndReason) -> None:
+            ledger.close(entry, "reset" if entry.end == "reset" else reason.value)
+
+        return await stream(request, frames, StreamFormat.SSE, on_end=[record])
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -97,45 +102,75 @@ def build_router(runtime: Runtime[MockSettings]) -> APIRouter:
         }
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def completions(request: Request, body: ChatRequest) -> Response:
-        try:
-            faults = parse_faults(request.headers.get("x-mock-fault"), body.model)
-        except FaultSpecError as exc:
-            raise ApiError(400, "invalid_fault", str(exc)) from None
-        request_id = request_id_var.get() or "none"
-        principal = getattr(request.state, "principal", None)
-        entry = ledger.open(
-            request_id, body.model, body.stream, principal.key_id if principal else None
-        )
-        entry.extra_fields = sorted(body.model_extra or {})
-        if request.client is not None:
-            entry.peer = f"{request.client.host}:{request.client.port}"
-        if faults.status is not None:
-            ledger.close(entry, f"status_{faults.status}")
-            return _openai_error(faults.status, f"mock upstream failure {faults.status}")
-        limit = body.max_completion_tokens or body.max_tokens
-        count = faults.tokens or settings.dev_mock_tokens
-        if limit is not None:
-            count = min(count, limit)
-        delay = faults.delay if faults.delay is not None else settings.dev_mock_token_delay
-        prompt = _prompt_tokens(body)
-        completion_id = f"chatcmpl-mock-{request_id[:24]}"
+    async def chat_completions(request: Request, body: chat.ChatRequest) -> Response:
+        extra = body.model_extra
+        entry, faults, request_id = begin(request, body.model, body.stream, "chat", extra)
+        if (refused := refusal(entry, faults)) is not None:
+            return refused
+        count, delay = pace(faults, body.max_completion_tokens or body.max_tokens)
+        answer = chat.plan(body, faults, count, request_id)
+        with_usage = not faults.no_usage
         if not body.stream:
-            await asyncio.sleep(faults.first_token_delay + delay * count)
-            entry.tokens_sent = count
-            ledger.close(entry, "completed")
-            return JSONResponse(
-                _completion(completion_id, body.model, mock_text(count), prompt, count)
+            return await answered(
+                entry, faults, answer.completion, delay, lambda: chat.completion(answer, with_usage)
             )
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        frames = _frames(
-            completion_id, body.model, count, delay, faults, prompt, include_usage, entry
+        include = with_usage and bool((body.stream_options or {}).get("include_usage"))
+        frames = chat.frames(answer, Pacer(faults, delay, entry), include)
+        return await streamed(request, entry, frames)
+
+    @router.post("/v1/completions", response_model=None)
+    async def text_completions(request: Request, body: completions.CompletionRequest) -> Response:
+        entry, faults, request_id = begin(
+            request, body.model, body.stream, "completions", body.model_extra
         )
+        if (refused := refusal(entry, faults)) is not None:
+            return refused
+        count, delay = pace(faults, body.max_tokens)
+        cid = f"cmpl-mock-{request_id[:24]}"
+        prompt = completions.prompt_tokens(body)
+        with_usage = not faults.no_usage
+        if not body.stream:
+            return await answered(
+                entry,
+                faults,
+                count,
+                delay,
+                lambda: completions.completion(cid, body.model, prompt, count, with_usage),
+            )
+        include = with_usage and bool((body.stream_options or {}).get("include_usage"))
+        pacer = Pacer(faults, delay, entry)
+        frames = completions.frames(cid, body.model, prompt, count, pacer, include)
+        return await streamed(request, entry, frames)
 
-        def record(reason: EndReason) -> None:
-            ledger.close(entry, "reset" if entry.end == "reset" else reason.value)
+    @router.post("/v1/embeddings", response_model=None)
+    async def create_embeddings(request: Request, body: embeddings.EmbeddingRequest) -> Response:
+        # A bad input is a 400 before the ledger, as a body that fails its schema is.
+        items = embeddings.inputs(body)
+        entry, faults, _ = begin(request, body.model, False, "embeddings", body.model_extra)
+        if (refused := refusal(entry, faults)) is not None:
+            return refused
+        if faults.first_token_delay:  # the only time an embedding takes
+            await asyncio.sleep(faults.first_token_delay)
+        answer = embeddings.answer(body, items, not faults.no_usage)
+        ledger.close(entry, "completed")
+        return JSONResponse(answer)
 
-        return await stream(request, frames, StreamFormat.SSE, on_end=[record])
+    @router.post("/v1/responses", response_model=None)
+    async def create_response(request: Request, body: responses.ResponsesRequest) -> Response:
+        entry, faults, request_id = begin(
+            request, body.model, body.stream, "responses", body.model_extra
+        )
+        if (refused := refusal(entry, faults)) is not None:
+            return refused
+        count, delay = pace(faults, body.max_output_tokens)
+        answer = responses.Answer(body, count, request_id)
+        with_usage = not faults.no_usage
+        if not body.stream:
+            return await answered(
+                entry, faults, count, delay, lambda: answer.response(True, with_usage)
+            )
+        frames = responses.frames(answer, Pacer(faults, delay, entry), with_usage)
+        return await streamed(request, entry, frames)
 
     @router.get("/mock/stats")
     async def stats() -> dict[str, int]:
@@ -149,77 +184,3 @@ def build_router(runtime: Runtime[MockSettings]) -> APIRouter:
         return entry
 
     return router
-
-
-def _completion(cid: str, model: str, text: str, prompt: int, count: int) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": count,
-            "total_tokens": prompt + count,
-        },
-    }
-
-
-async def _frames(
-    cid: str,
-    model: str,
-    count: int,
-    delay: float,
-    faults: Faults,
-    prompt: int,
-    include_usage: bool,
-    entry: Entry,
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    head = (
-        f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-        f'"model":{json.dumps(model)},"choices":[{{"index":0,"delta":'
-    )
-
-    def frame(delta: str, finish: str = "null") -> bytes:
-        return f'{head}{delta},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'.encode()
-
-    if faults.first_token_delay:  # prefill: not a byte of body until the first token
-        await asyncio.sleep(faults.first_token_delay)
-    yield frame('{"role":"assistant","content":""}')
-    for i in range(count):
-        if faults.stall and i == faults.stall_after:
-            await asyncio.sleep(faults.stall)
-        if faults.error_after is not None and i == faults.error_after:
-            error = {
-                "error": {
-                    "message": "mock upstream failed mid-stream",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "mock_mid_stream",
-                }
-            }
-            yield f"data: {json.dumps(error)}\n\n".encode()
-            return
-        if faults.reset_after is not None and i == faults.reset_after:
-            entry.end = "reset"
-            raise StreamError("mock upstream reset the connection", abort=True)
-        if i and delay:
-            await asyncio.sleep(delay)
-        yield frame(f'{{"content":{json.dumps(WORDS[i % len(WORDS)])}}}')
-        entry.tokens_sent = i + 1
-    yield frame("{}", '"stop"')
-    if include_usage:
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": count,
-            "total_tokens": prompt + count,
-        }
-        yield (
-            f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-            f'"model":{json.dumps(model)},"choices":[],"usage":{json.dumps(usage)}}}\n\n'
-        ).encode()
-    yield b"data: [DONE]\n\n"
