@@ -1,7 +1,7 @@
 """chat-proxy's cost per stream, measured against direct and a bare pass-through, in one run.
 
     .venv/bin/python -m benchmarks.chat_proxy [--tokens 50] [--delay 0.02] [--levels 50,200]
-                                              [--rounds 5] [--burst]
+                                              [--rounds 5] [--burst] [--fleet 3]
 
 Starts the mock upstream (2 workers), then for each concurrency level streams
 ``4 x level`` completions of ``--tokens`` tokens through each path, in ``--rounds``
@@ -13,6 +13,13 @@ on a shared machine hits every path alike:
 * chat-proxy, one gunicorn worker, auth + limits + metrics on, with its own lean HTTP/1.1
   upstream client (chat_proxy/http1.py, its only one);
 * nginx in front of chat-proxy (native).
+
+``--fleet N`` (default 1) starts N mock upstreams (2 workers each) on 127.0.0.1 to
+127.0.0.N at one port, and chat-proxy gets a fleet file (SLUICE_UPSTREAMS_FILE) of all N,
+balanced with p2c: what the balancer, the endpoints and their pools cost per stream. Direct
+and the bare forwarder keep targeting the first mock (a pass-through has no fleet), so
+"CPU vs bare" is then the fleet's chat-proxy over one plain forward. With 1, chat-proxy
+gets the one mock as SLUICE_UPSTREAM_BASE_URL, no fleet file.
 
 Each of ``level`` clients runs streams back to back. By default the clients start spread
 over one stream's duration, so ``level`` streams are open at any moment and arrivals are
@@ -51,6 +58,7 @@ from tests.support.procs import (
     wait_http,
 )
 
+from benchmarks.fleet import fleet_yaml, start_mocks
 from benchmarks.support import cpu_seconds, percentile, rss_mb, table
 from sluice.procfs import children
 
@@ -178,31 +186,41 @@ def main() -> None:
     parser.add_argument("--levels", default="50,200")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", action="store_true", help="start every client at once")
+    parser.add_argument(
+        "--fleet", type=int, default=1, help="mock upstreams chat-proxy balances over (1-50)"
+    )
     args = parser.parse_args()
+    if not 1 <= args.fleet <= 50:
+        parser.error("--fleet: from 1 to 50 mock upstreams")
     levels = [int(x) for x in args.levels.split(",")]
     quiet = {"SLUICE_LOG_LEVEL": "WARNING"}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
-        mock = start_service(
-            "mock-upstream",
-            logs,
-            {
-                **quiet,
-                "SLUICE_API_KEYS": KEY,
-                "SLUICE_RATE_LIMIT": "1000000/minute",
-                "SLUICE_MAX_STREAMS_PER_KEY": "100000",
-            },
-            workers=2,
-        )
+        mock_env = {
+            **quiet,
+            "SLUICE_API_KEYS": KEY,
+            "SLUICE_RATE_LIMIT": "1000000/minute",
+            "SLUICE_MAX_STREAMS_PER_KEY": "100000",
+        }
+        mocks = start_mocks(logs, [""] * args.fleet, 2, mock_env)
+        mock = mocks[0]  # (direct's and the bare forwarder's)
         upstream = f"{mock.url}/v1"
         chat_env = {
             **quiet,
             "SLUICE_API_KEYS": KEY,
-            "SLUICE_UPSTREAM_BASE_URL": upstream,
             "SLUICE_RATE_LIMIT": "1000000/minute",
             "SLUICE_MAX_STREAMS_PER_KEY": "100000",
             "SLUICE_CHAT_TOKEN_LIMIT": "1000000000/hour",
         }
+        if args.fleet == 1:
+            chat_env["SLUICE_UPSTREAM_BASE_URL"] = upstream
+        else:
+            deployments = [
+                {"name": f"mock-{n + 1}", "base_url": f"{m.url}/v1"} for n, m in enumerate(mocks)
+            ]
+            fleet_file = logs / "fleet.yaml"
+            fleet_file.write_text(fleet_yaml(deployments, {"balance": "p2c"}))
+            chat_env["SLUICE_UPSTREAMS_FILE"] = str(fleet_file)
         chat_native = start_service("chat-proxy", logs, chat_env, workers=1)
         bare_port = free_port()
         bare = start(
@@ -214,7 +232,7 @@ def main() -> None:
         wait_http(f"{bare.url}/healthz", bare)
         nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat_native.port}"}, logs)
         rows = []
-        with running(nginx, bare, chat_native, mock):
+        with running(nginx, bare, chat_native, *mocks):
             for level in levels:
                 route = "/v1/chat/completions"
                 paths = [
@@ -232,6 +250,11 @@ def main() -> None:
                 stream_s = args.tokens * args.delay
                 rows += [row(path, level, direct, bare_run, stream_s) for path in paths]
     arrivals = "all clients at once (--burst)" if args.burst else "clients spread (steady)"
+    if args.fleet > 1:
+        print(
+            f"chat-proxy: a fleet of {args.fleet} mock upstreams (127.0.0.1-{args.fleet}, "
+            "2 workers each, p2c); direct and the bare forwarder: the first mock only"
+        )
     print(
         f"{args.tokens} tokens per stream, {args.delay * 1000:.0f} ms apart; "
         f"{args.rounds} rounds of 4 x concurrency streams per path; {arrivals}; "
