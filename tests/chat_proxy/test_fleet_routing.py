@@ -465,3 +465,23 @@ async def test_reasoning_and_tool_call_deltas_count_as_completion_tokens(
             result = await post(app, chat(model=f"mock-fault:{fault}"))
             assert result.status == 200
             assert counted(TOKENS.labels(*label)) - before == expected, fault
+
+
+async def test_an_early_failure_of_a_responses_stream_is_its_typed_error_event(
+    tmp_path: Path, failing: Proc
+) -> None:
+    path = fleet(
+        tmp_path,
+        [upstream("failing", failing.url)],
+        routing={"early_headers": True, "failures": 100},
+    )
+    payload = json.dumps({"model": "mock-gpt", "input": "hi", "stream": True}).encode()
+    async with serving(path) as app:
+        result = await asgi.request(
+            app, "/v1/responses", method="POST", headers=[AUTH, JSON], body=payload
+        )
+    assert result.status == 200
+    assert result.text.startswith("event: error\ndata: ")
+    event = json.loads(result.text.split("data: ", 1)[1])
+    assert event["type"] == "error" and event["code"] == "upstream_503"
+    assert "503" in event["message"]

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import requests
 import schemathesis
+from pydantic import BaseModel
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.core.transport import STREAM_CUT_SHORT_ATTRIBUTE
@@ -41,7 +42,7 @@ from sluice_services.chat_proxy.schema import (
 )
 
 # chat-proxy's OpenAI routes read their bodies themselves: each one's validator schema.
-_BODIES = {
+_BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
@@ -121,14 +122,8 @@ def augmented(raw: dict[str, Any], examples: Mapping[str, Any]) -> dict[str, Any
             for param in params:
                 if param["in"] == "path" and param["name"] in examples:
                     param["example"] = examples[param["name"]]
-            if (
-                method == "post"
-                and path in _BODIES
-                and "requestBody" not in operation
-            ):
-                body = _BODIES[path].model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
+            if method == "post" and path in _BODIES and "requestBody" not in operation:
+                body = _BODIES[path].model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 operation["requestBody"] = {
                     "required": True,

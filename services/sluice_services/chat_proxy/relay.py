@@ -47,13 +47,22 @@ def failure_object(kind: str, message: str) -> dict[str, Any]:
 
 
 def error_frame(kind: str, message: str, typed: bool = False) -> bytes:
-    """The SSE event a stream ends with when the proxy saw it fail: the chat form, or the
-    Responses API's ``error`` event."""
+    """The SSE event a stream ends with when the proxy saw it fail."""
+    return error_event(failure_object(kind, message), typed)
+
+
+def error_event(error: dict[str, Any], typed: bool) -> bytes:
+    """An OpenAI error object as a stream's last event: the chat form (``data:
+    {"error": ...}``), or the Responses API's ``error`` event."""
     if typed:
-        event = {"type": "error", "code": f"upstream_{kind}", "message": message, "param": None}
+        event = {
+            "type": "error",
+            "code": error.get("code"),
+            "message": error.get("message"),
+            "param": None,
+        }
         return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
-    body = {"error": failure_object(kind, message)}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 def _event_name(frame: bytes) -> bytes | None:

@@ -11,7 +11,6 @@ the first token is then an SSE error event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,7 +29,7 @@ from sluice.streaming import StreamError, StreamResponse
 from sluice_services.chat_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Api
 from sluice_services.chat_proxy.leaving import until_disconnect
 from sluice_services.chat_proxy.proxy import ChatProxy, Started
-from sluice_services.chat_proxy.relay import Relay
+from sluice_services.chat_proxy.relay import Relay, error_event
 from sluice_services.chat_proxy.schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -75,14 +74,7 @@ def _early_failure(error: ApiError, typed: bool, deltas: bool) -> StreamError:
             event="failed", id="1", data={"error": body}, text=f"[error: {error.message}]\n"
         )
         return StreamError(error.message, last=failed)
-    if typed:
-        event = {"type": "error", "code": body.get("code"), "message": error.message, "param": None}
-        return StreamError(error.message, last=b"event: error\ndata: " + _json(event) + b"\n\n")
-    return StreamError(error.message, last=b"data: " + _json({"error": body}) + b"\n\n")
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value).encode()
+    return StreamError(error.message, last=error_event(body, typed))
 
 
 def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
