@@ -42,6 +42,8 @@ MOCK_ENV = {
     "SLUICE_API_KEYS": UPSTREAM_KEY,
     "SLUICE_PUBLIC_ROUTES": "/mock/stats,/mock/requests/{request_id}",
     "SLUICE_LOG_LEVEL": "WARNING",
+    "SLUICE_MAX_STREAMS_PER_KEY": "1000",  # (the proxy's one key: its caps are not tested here)
+    "SLUICE_RATE_LIMIT": "100000/minute",
 }
 
 

@@ -146,8 +146,17 @@ def test_every_panel_query_returns_data(log_dir: Path, redis_server: Proc, tmp_p
         "mock-upstream", log_dir, {"SLUICE_DEV_MOCK_TOKEN_DELAY": "0.005"}, workers=1
     )
     demo = start_service("demo", log_dir, {**common, "SLUICE_RATE_LIMIT": "5/minute"}, workers=2)
+    # A fleet whose first deployment is down: every stream fails over once, then it cools
+    # down (the Fleet row's failovers, cooldowns, endpoints and upstream TTFT have data).
+    fleet = tmp_path / "upstreams.yaml"
+    fleet.write_text(
+        "upstreams:\n"
+        f"  - {{name: down, base_url: 'http://127.0.0.1:{free_port()}/v1'}}\n"
+        f"  - {{name: mock, base_url: '{mock.url}/v1', priority: 1}}\n"
+        "routing: {failures: 1, cooldown: 120, attempts: 2}\n"
+    )
     chat = start_service(
-        "chat-proxy", log_dir, {**common, "SLUICE_UPSTREAM_BASE_URL": f"{mock.url}/v1"}, workers=1
+        "chat-proxy", log_dir, {**common, "SLUICE_UPSTREAMS_FILE": str(fleet)}, workers=1
     )
     progress_env = {
         **common,
