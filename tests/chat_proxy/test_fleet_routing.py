@@ -487,3 +487,32 @@ async def test_an_early_failure_of_a_responses_stream_is_its_typed_error_event(
     event = json.loads(result.text.split("data: ", 1)[1])
     assert event["type"] == "error" and event["code"] == "upstream_503"
     assert "503" in event["message"]
+
+
+async def test_a_refused_connection_asks_dns_again_at_once(
+    tmp_path: Path, replicas: list[Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pod was replaced: the name now stands for a new address, long before the next
+    # resolve_interval. The refused connection asks again; the next request gets the new one.
+    answers = {"pod.test": ["127.0.0.4"]}  # nothing listens there
+    asked: list[float] = []
+
+    async def stub(host: str, port: int) -> list[str]:
+        asked.append(time.monotonic())
+        return answers[host]
+
+    monkeypatch.setattr(endpoints_module, "resolve", stub)
+    entry = upstream("vllm", f"http://pod.test:{replicas[1].port}")
+    path = fleet(tmp_path, [entry], routing={"resolve_interval": 300, "failures": 100})
+    async with serving(path) as app:
+        answers["pod.test"] = ["127.0.0.2"]
+        refused = await post(app, chat())
+        assert refused.status == 502  # the old address: refused, nothing else to try
+        deadline = time.monotonic() + 3
+        while len(asked) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        again = await post(app, chat())
+        hammered = [await post(app, chat(model="mock-gpt-mini")) for _ in range(3)]
+    assert len(asked) == 2  # at start, and once after the refusal (not once per request)
+    assert again.status == 200 and text_of(again) == mock_text(10)
+    assert all(r.status == 200 for r in hammered)

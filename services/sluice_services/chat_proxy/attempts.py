@@ -138,6 +138,8 @@ def _failed(
     else:
         opened = breaker.failure(now)
     FAILOVERS.labels(service, endpoint.name, failed.reason).inc()
+    if failed.reason in ("connect", "reset"):
+        endpoint.unreachable()
     if opened:
         COOLDOWNS.labels(service, endpoint.name).inc()
     endpoint.mark_cooling()

@@ -34,6 +34,7 @@ TTFT_ALPHA = 0.3  # weight of the newest first-token time in its moving average
 TTFT_FLOOR = 0.005  # s: below this, replicas are equally fast
 RETRY_EMPTY = 5.0  # s: a deployment with no address yet is resolved again this soon
 TICK = 5.0  # s: the cooldown gauges are brought up to date at least this often
+RESOLVE_AGAIN = 1.0  # s: a connect failure asks DNS again, at most this often a deployment
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -114,6 +115,10 @@ class Endpoint:
         if self.owner is not None:
             self.owner.mark(self.deployment)
 
+    def unreachable(self) -> None:
+        if self.owner is not None:
+            self.owner.unreachable(self.deployment)
+
     def opened(self) -> None:
         self.active += 1
         self._active.inc()
@@ -144,6 +149,8 @@ class Endpoints:
         self.service = settings.service_name
         self.by_deployment: dict[str, list[Endpoint]] = {d.name: [] for d in fleet.deployments}
         self._task: asyncio.Task[None] | None = None
+        self._asked: dict[str, float] = {}  # deployment -> when a connect failure last resolved
+        self._asking: set[asyncio.Task[None]] = set()
 
     def of(self, deployment: Deployment) -> list[Endpoint]:
         return self.by_deployment[deployment.name]
@@ -153,12 +160,26 @@ class Endpoints:
         self._task = asyncio.get_running_loop().create_task(self._refresher())
 
     async def aclose(self) -> None:
+        for asking in list(self._asking):
+            asking.cancel()
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
         for endpoint in list(self.all()):
             await endpoint.upstream.aclose()
+
+    def unreachable(self, deployment: Deployment) -> None:
+        """An endpoint of it refused or dropped a connection: its pod may have been replaced
+        (a new address, where a name resolves to pods, not to a stable Service address), so
+        DNS is asked again now rather than at the next interval (at most once a second)."""
+        now = time.monotonic()
+        if now - self._asked.get(deployment.name, -RESOLVE_AGAIN) < RESOLVE_AGAIN:
+            return
+        self._asked[deployment.name] = now
+        task = asyncio.get_running_loop().create_task(self._refresh(deployment))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     def mark(self, deployment: Deployment) -> None:
         """Its cooldown gauge: 1 while any of its endpoints is out (one bad pod among good
