@@ -39,8 +39,9 @@ venv: $(STAMP)
 # Install what is missing when we may (root); otherwise say what to install.
 # Each entry is command:debian-package.
 RUN_DEPS := nginx:nginx-light
-TEST_DEPS := $(RUN_DEPS) redis-server:redis-server chromium:chromium kubectl:kubectl \
-	docker-compose:docker-compose promtool:prometheus openssl:openssl
+COMPOSE_DEPS := docker-compose:docker-compose openssl:openssl
+TEST_DEPS := $(RUN_DEPS) $(COMPOSE_DEPS) redis-server:redis-server chromium:chromium \
+	kubectl:kubectl promtool:prometheus
 define install_missing
 	@missing=""; \
 	for entry in $(1); do \
@@ -116,9 +117,11 @@ loadtest: venv
 	  --csv loadtests/reports/sluice --html loadtests/reports/sluice.html
 
 # Without a .env, one with a generated key (compose refuses to start with no key). Then build,
-# up on free 127.0.0.1 ports, every container healthy, deploy/smoke.sh, down (README: docker
-# compose): Docker where it answers, else podman with local stand-in images.
+# up on free 127.0.0.1 ports, every container healthy, deploy/smoke.sh and every README example,
+# down (README: docker compose): Docker where it answers, else podman with local stand-in images
+# (installed by the harness, as root); docker-compose and openssl installed here when missing.
 compose-smoke: venv
+	$(call install_missing,$(COMPOSE_DEPS))
 	@test -f .env || sed "s/^SLUICE_API_KEYS=$$/SLUICE_API_KEYS=sk-$$(openssl rand -hex 24)/" \
 	  .env.example > .env
 	$(BIN)/python -m deploy.containers smoke --project-dir .

@@ -276,6 +276,24 @@ def workloads(docs: list[Doc], nginx_port: int, images: dict[str, str], run: Run
     return sorted(found, key=lambda w: rank.get(w.name, len(ORDER)))
 
 
+def address_of(engine: Engine, pod: str, network: str) -> str:
+    """The pod's address on ``network`` (its infra container's: the pod's network)."""
+    infra = engine.command("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").strip()
+    template = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+    return engine.command("inspect", infra, "--format", template).strip()
+
+
+def add_host_aliases(workload: Workload, known: dict[str, str]) -> None:
+    """The Services already running, as ``hostAliases`` (``/etc/hosts``): podman's DNS
+    (aardvark-dns) drops a query now and then, and glibc retries only after 5 s, past every
+    connect timeout (seen: Redis unreachable from two pods for 10 s). A cluster's DNS is not
+    the thing under test here; names of pods not yet running still go through DNS."""
+    if known:
+        workload.pod["spec"]["hostAliases"] = [
+            {"ip": ip, "hostnames": [alias]} for alias, ip in sorted(known.items())
+        ]
+
+
 def play(engine: Engine, workload: Workload, run: Run, network: str, folder: Path) -> None:
     path = folder / f"{workload.pod_name}.yaml"
     path.write_text(yaml.safe_dump_all([*workload.configmaps, workload.pod]))
@@ -411,12 +429,16 @@ def play_all(
     network of the run's own (named by its id)."""
     played: list[Workload] = []
     took = {}
+    known: dict[str, str] = {}  # alias -> address of each pod running already
     engine.command("network", "create", *run.label_args(), run.id)
     try:
         for workload in found:
             played.append(workload)
+            add_host_aliases(workload, known)
             play(engine, workload, run, run.id, folder)
             took[workload.name] = round(wait_ready(engine, workload), 1)
+            if workload.alias:
+                known[workload.alias] = address_of(engine, workload.pod_name, run.id)
     except BaseException:
         teardown(engine, played, folder, run)
         raise

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -142,16 +143,20 @@ class Stack:
         return result.stdout + result.stderr
 
     def smoke(self, timeout: float = 300) -> str:
-        """deploy/smoke.sh: every README example against the stack's nginx."""
-        result = run(
+        """deploy/smoke.sh, then every README example as written (deploy/readme_examples.py),
+        against the stack's nginx."""
+        out = ""
+        for argv in (
             ["bash", str(ROOT / "deploy" / "smoke.sh"), self.base],
-            {"SLUICE_SMOKE_KEY": self.key},
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"smoke.sh failed:\n{result.stdout}{result.stderr}\n{self.logs()}")
-        return result.stdout
+            [sys.executable, str(ROOT / "deploy" / "readme_examples.py"), self.base],
+        ):
+            result = run(argv, {"SLUICE_SMOKE_KEY": self.key}, timeout=timeout, check=False)
+            out += result.stdout
+            if result.returncode != 0:
+                raise AssertionError(
+                    f"{Path(argv[1]).name} failed:\n{out}{result.stderr}\n{self.logs()}"
+                )
+        return out
 
     def down(self) -> dict[str, list[str]]:
         """Everything removed; what was left after compose down (before forcing it away)."""

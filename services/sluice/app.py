@@ -169,7 +169,7 @@ def _redis_ready(runtime: Runtime[CoreSettings]) -> ReadinessCheck:
     async def check() -> str | None:
         assert runtime.redis is not None
         try:
-            async with asyncio.timeout(1):
+            async with asyncio.timeout(runtime.settings.redis_timeout):
                 await runtime.redis.ping()
         except Exception as exc:
             return f"redis unreachable: {type(exc).__name__}"
