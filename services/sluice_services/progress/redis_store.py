@@ -2,24 +2,23 @@
 
 A job is a hash (each value JSON), its events a Redis Stream whose entry ids are
 ``0-<event number>``. Every change of state is one Lua script (``redis_scripts``) that
-checks and writes atomically, on Redis's clock. One reader task per process follows
-every stream it has subscribers for (one XREAD for all) and fans events out to them.
+checks and writes atomically, on Redis's clock. The core's follower
+(:mod:`sluice.stream_follower`) reads every stream this process has subscribers for in one
+XREAD and fans the events out to them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
+from sluice.stream_follower import FellBehind, Fields, StreamFollower
 from sluice_services.progress import redis_scripts
-from sluice_services.progress.model import Job, JobEvent
+from sluice_services.progress.model import FINAL_EVENTS, Job, JobEvent
 from sluice_services.progress.store import (
     Fenced,
     Renewal,
@@ -28,12 +27,8 @@ from sluice_services.progress.store import (
     valid_sequence,
 )
 
-log = logging.getLogger("progress.store")
-
 Ids = list[str]  # (the store's own ``list`` method shadows the builtin in its class)
 Args = list[str | int | float]
-
-_PAGE = 500
 
 
 def _ms(seconds: float) -> int:
@@ -49,16 +44,14 @@ def _stream_id(event_id: str) -> str:
     return f"0-{event_id}"
 
 
-def _id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq)
+def _final(fields: Fields) -> bool:
+    return fields[b"type"].decode() in FINAL_EVENTS
 
 
-def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, JobEvent]:
-    raw = entry_id.decode()
-    ms, _, seq = raw.partition("-")
-    public = seq if ms == "0" else raw
-    return raw, JobEvent(public, fields[b"type"].decode(), json.loads(fields[b"data"]))
+def _event(entry_id: str, fields: Fields) -> JobEvent:
+    ms, _, seq = entry_id.partition("-")
+    public = seq if ms == "0" else entry_id
+    return JobEvent(public, fields[b"type"].decode(), json.loads(fields[b"data"]))
 
 
 def _job(stored: dict[bytes, bytes] | Sequence[bytes]) -> Job:
@@ -84,13 +77,8 @@ class RedisStore:
         self._cancel_queued = redis.register_script(redis_scripts.CANCEL_QUEUED)
         self._expired = redis.register_script(redis_scripts.EXPIRED)
         self._reap = redis.register_script(redis_scripts.REAP)
-        self._queues: dict[str, set[asyncio.Queue[tuple[str, JobEvent] | None]]] = {}
-        self._positions: dict[str, str] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._attaching = asyncio.Lock()
+        self.follower = StreamFollower(redis)  # one XREAD for every subscriber here
         self._subscribers = 0
-        self._closing = False
 
     @property
     def subscribers(self) -> int:
@@ -263,101 +251,18 @@ class RedisStore:
         await self.redis.zrem(self.requeue_key, job_id)
 
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]:
-        key = self.events_key(job_id)
-        queue: asyncio.Queue[tuple[str, JobEvent] | None] = asyncio.Queue(maxsize=10_000)
-        await self._attach(key, queue)  # before the replay: nothing falls in between
+        entries = self.follower.entries(
+            self.events_key(job_id), _stream_id(after) if after else "0-0", _final
+        )
         self._subscribers += 1
         try:
-            last = _stream_id(after) if after else "0-0"
-            while True:  # replay, in pages
-                page = await self.redis.xrange(key, min=f"({last}", count=_PAGE)
-                for entry_id, fields in page:
-                    last, event = _event(entry_id, fields)
-                    yield event
-                    if event.final:
-                        return
-                if len(page) < _PAGE:
-                    break
-            while True:  # live, skipping what the replay already gave
-                item = await queue.get()
-                if item is None:
-                    raise RuntimeError("subscriber fell behind; reconnect to resume")
-                position, event = item
-                if _id_key(position) <= _id_key(last):
-                    continue
-                last = position
-                yield event
-                if event.final:
-                    return
+            async for entry_id, fields in entries:
+                yield _event(entry_id, fields)
+        except FellBehind:
+            raise RuntimeError("subscriber fell behind; reconnect to resume") from None
         finally:
             self._subscribers -= 1
-            self._detach(key, queue)
-
-    async def _attach(self, key: str, queue: asyncio.Queue[tuple[str, JobEvent] | None]) -> None:
-        # Serialised: two first subscribers of one job must not both create its queue set
-        # (the second would drop the first's queue, which then never hears a live event).
-        async with self._attaching:
-            if key not in self._queues:
-                newest = await self.redis.xrevrange(key, count=1)
-                self._positions[key] = newest[0][0].decode() if newest else "0-0"
-                self._queues[key] = set()
-            self._queues[key].add(queue)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
-        self._wake.set()
-
-    def _detach(self, key: str, queue: asyncio.Queue[tuple[str, JobEvent] | None]) -> None:
-        queues = self._queues.get(key)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self._queues[key]
-                self._positions.pop(key, None)
-
-    async def _read(self) -> None:
-        """The one reader of this process: every followed stream in one blocking XREAD."""
-        failing = False
-        while not self._closing:
-            if not self._queues:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            streams = dict(self._positions)
-            try:
-                # A short block, so streams followed since are picked up quickly.
-                replies = await self.redis.xread(streams, block=250, count=1000)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if not failing:  # once per outage, not twice a second
-                    log.warning("event reader failed; retrying", exc_info=True)
-                failing = True
-                await asyncio.sleep(0.5)
-                continue
-            if failing:
-                log.info("event reader reading again")
-                failing = False
-            for raw_key, entries in replies or ():
-                key = raw_key.decode()
-                queues = self._queues.get(key)
-                for entry_id, fields in entries:
-                    position, event = _event(entry_id, fields)
-                    if key in self._positions:
-                        self._positions[key] = position
-                    for queue in list(queues or ()):
-                        try:
-                            queue.put_nowait((position, event))
-                        except asyncio.QueueFull:  # a stuck subscriber: let it resume later
-                            with contextlib.suppress(asyncio.QueueFull):
-                                queue.get_nowait()
-                                queue.put_nowait(None)
+            await entries.aclose()
 
     async def close(self) -> None:
-        # A flag as well as the cancel: redis-py can swallow a cancel that lands as its
-        # read ends, and the reader would then wait for subscribers forever.
-        self._closing = True
-        self._wake.set()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await self.follower.close()
