@@ -8,8 +8,7 @@ is fanned out: one task per process follows every stream that has readers, in on
 replay, so nothing added between the two is missed; what the replay already gave is skipped.
 
 A reader that falls behind by ``queue_size`` entries is told so (:class:`FellBehind`): it
-resumes from its last position, like any reconnect. Used by progress (job events) and by
-chat-proxy (resumable answers).
+resumes from its last position, like any reconnect.
 """
 
 from __future__ import annotations
