@@ -4,6 +4,7 @@
     make loadtest                                                          (bounded, headless)
 
 Users: chat (streamed completions: TTFT, inter-token gaps, stream time and bytes),
+resumable chat (a reconnect storm on resumable answers: every token exactly once),
 progress (a reconnect storm: jobs watched through random disconnects, resumed with
 Last-Event-ID, every event checked exactly once), logs (log-tail followers) and events
 (endless SSE: a stream that ends without a reconnect hint is a lost stream).
@@ -131,6 +132,103 @@ class ChatUser(HttpUser):
                 last = now
         report(
             self.environment, "STREAM", "chat stream", (time.perf_counter() - started) * 1000, size
+        )
+
+
+class ResumableChatUser(HttpUser):
+    """A reconnect storm on chat answers: each resumable answer read through random
+    disconnects, resumed with Last-Event-ID on its resume path (any worker, any replica),
+    every token checked exactly once against a reader's copy after the end."""
+
+    weight = 2
+    wait_time = between(0.2, 0.8)
+
+    @task
+    def resume_through_disconnects(self) -> None:
+        body = {
+            "model": "mock-fault:tokens=40,delay=0.02",
+            "stream": True,
+            "messages": [{"role": "user", "content": "load test"}],
+        }
+        seen: list[tuple[str, str]] = []  # (id, data)
+        path = None
+        last = None
+        ended = False
+        for _ in range(50):
+            leave_after = random.randint(1, 15)
+            if path is None:  # the start (a drain's refusal: started again, counted)
+                request = self.client.post(
+                    "/v1/chat/completions",
+                    json=body,
+                    headers={**AUTH, "X-Sluice-Resumable": "1"},
+                    stream=True,
+                    name="/v1/chat/completions (resumable)",
+                    catch_response=True,
+                )
+            else:
+                headers = {**AUTH, **({"Last-Event-ID": last} if last else {})}
+                request = self.client.get(
+                    path,
+                    headers=headers,
+                    stream=True,
+                    name="/v1/chat/completions/{id}/events",
+                    timeout=30,
+                    catch_response=True,
+                )
+            with request as response:
+                if not usable(self.environment, response):
+                    continue
+                path = path or response.headers["X-Sluice-Resume"]
+                for event in sse_events(response.iter_lines()):
+                    if "id" not in event:
+                        continue  # a drain's reconnect hint: resume
+                    seen.append((event["id"], event.get("data", "")))
+                    last = event["id"]
+                    if event.get("data") == "[DONE]" or '"error"' in event.get("data", ""):
+                        ended = True
+                        break
+                    if len(seen) % leave_after == 0:
+                        break  # the client drops: a phone changing networks, a closed lid
+            if ended:
+                break
+        if path is None:
+            return
+        expected: list[tuple[str, str]] = []
+        for _ in range(10):  # the whole answer, as a reader after its end gets it
+            with self.client.get(
+                path,
+                headers=AUTH,
+                name="/v1/chat/completions/{id}/events (full)",
+                timeout=30,
+                catch_response=True,
+            ) as full:
+                if not usable(self.environment, full):
+                    continue
+                copy = list(sse_events(full.text.split("\n")))
+            expected = [(e["id"], e.get("data", "")) for e in copy if "id" in e]
+            if expected and expected[-1][1] == "[DONE]":
+                break
+        numbers = [int(n) for n, _ in seen]
+        # An end is [DONE] or an error event: the upstream's own (the mock is restarted too)
+        # is the answer as it was, but one of Sluice's (a worker that exited mid-answer)
+        # means tokens were lost.
+        end = expected[-1][1] if expected else ""
+        ended = end == "[DONE]" or (end.startswith('{"error"') and "worker_exiting" not in end)
+        lost = seen != expected or numbers != list(range(1, len(numbers) + 1)) or not ended
+        if ended and end != "[DONE]":
+            report(self.environment, "CHECK", "chat answers ended by an upstream error", 0)
+        report(
+            self.environment,
+            "CHECK",
+            "chat lost tokens",
+            0,
+            len(seen),
+            AssertionError(
+                f"resumed {len(seen)} events, the answer has {len(expected)}, ending "
+                f"{(expected[-1][1] if expected else '')[:160]}"
+            )
+            if lost
+            else None,
         )
 
 
@@ -312,7 +410,7 @@ def thresholds(environment: Environment, **_: Any) -> None:
         problems.append(
             f"{len(runner.exceptions)} task errors: {next(iter(runner.exceptions.values()))['msg']}"
         )
-    for name in ("progress lost events", "events lost streams"):
+    for name in ("progress lost events", "chat lost tokens", "events lost streams"):
         lost = stats.get(name, "CHECK").num_failures
         if lost:
             problems.append(f"{name}: {lost}")

@@ -106,5 +106,7 @@ def test_locust_run_holds_its_thresholds_through_a_rolling_restart(
     assert int(rows[("CHECK", "events reconnect hints")]["Request Count"]) >= 1
     assert rows[("CHECK", "progress lost events")]["Failure Count"] == "0"
     assert int(rows[("CHECK", "progress lost events")]["Request Count"]) > 0
+    assert rows[("CHECK", "chat lost tokens")]["Failure Count"] == "0"  # resumable answers
+    assert int(rows[("CHECK", "chat lost tokens")]["Request Count"]) > 0
     assert rows[("CHECK", "events lost streams")]["Failure Count"] == "0"
     assert (reports / "run.html").stat().st_size > 10_000

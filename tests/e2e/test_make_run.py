@@ -89,7 +89,8 @@ def test_procfile_starts_the_stack_and_ctrl_c_stops_it(tmp_path: Path, log_dir: 
         boot = printed.index(READY)
         assert '"msg": "service started"' not in printed[:boot]  # the logs come below it
         assert '"msg": "service started"' in printed[boot:]
-        assert "(used by progress)" in printed and "Redis: redis://127.0.0.1:" in printed
+        assert "(used by chat-proxy, progress)" in printed
+        assert "Redis: redis://127.0.0.1:" in printed
         with httpx.stream("GET", f"{base}/toy-stream", timeout=10) as response:
             lines = response.iter_lines()
             assert next(lines) == "Starting stream..."

@@ -1,7 +1,8 @@
 """chat-proxy: OpenAI-compatible token streaming to a model server (the mock one under make run).
 
 ``/v1/*`` needs a key; the seed's ``/chat-stream`` is public unless ``SLUICE_PUBLIC_ROUTES``
-says otherwise (set it empty in front of a paid model).
+says otherwise (set it empty in front of a paid model). Resumable answers live in Redis when
+there is one (every worker and replica reads them), else in the worker's memory.
 """
 
 from sluice.registry import Service
@@ -16,5 +17,6 @@ SERVICE = Service(
     routes=("/v1/", "/chat-stream"),
     public_routes=("/chat-stream",),
     keepalive=128,
+    uses_redis=True,  # resumable answers, shared by every worker (and its limits and caps)
     dev_env={"SLUICE_UPSTREAM_BASE_URL": "http://{mock-upstream}/v1"},
 )

@@ -120,3 +120,24 @@ class StreamHistogram:
         self._child._sum.inc(self._sum)
         self._counts = [0] * len(self._counts)
         self._sum = 0.0
+
+
+# Resumable answers (chat_proxy/resumable.py).
+RESUMES = Counter(
+    "sluice_chat_resumes_total",
+    "Reads of a resumable answer by its resume path (GET /v1/chat/completions/{id}/events).",
+    ["service"],
+)
+ANSWERS_UNREAD = Gauge(
+    "sluice_chat_answers_unread",
+    "Resumable answers still generating with no reader anywhere (as their writers last saw).",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+ANSWER_BYTES = Gauge(
+    "sluice_chat_answer_bytes",
+    "Bytes of resumable answers kept in the store (Redis, or memory), until their retention "
+    "ends, as counted by the workers that wrote them.",
+    ["service"],
+    multiprocess_mode="livesum",
+)

@@ -30,6 +30,7 @@ from sluice_services.chat_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPO
 from sluice_services.chat_proxy.leaving import until_disconnect
 from sluice_services.chat_proxy.proxy import ChatProxy, Started
 from sluice_services.chat_proxy.relay import Relay, error_event
+from sluice_services.chat_proxy.resumable import Answers, wants_resume
 from sluice_services.chat_proxy.schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -81,6 +82,8 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
     """The routes, around one ChatProxy whose endpoints live as long as the worker."""
     proxy = ChatProxy(runtime)
     runtime.resources.append(proxy.lifespan)
+    answers = Answers(runtime, proxy)  # resumable answers (closed before the proxy)
+    runtime.resources.append(answers.lifespan)
     limit = runtime.rates.limit
     router = APIRouter(tags=["chat"])
 
@@ -103,6 +106,40 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
     @limit()
     async def embeddings(request: Request) -> Response:
         return await _openai(request, EMBEDDINGS, EmbeddingRequest)
+
+    @router.get(
+        "/v1/chat/completions/{answer_id}/events",
+        response_class=StreamResponse,
+        response_model=None,
+        summary="Resume a resumable answer after an event (Last-Event-ID or ?after=)",
+    )
+    @limit()
+    async def answer_events(request: Request, answer_id: str) -> Response:
+        info = await answers.owned(request, answer_id)
+        after = answers.after_of(request, info)
+        if after is None:  # the reader has it all, the end included: 204 ends an EventSource
+            return Response(status_code=204, headers={"cache-control": "no-store"})
+        answers.resumed()
+        ticket = await open_stream(request)
+        return answers.response(ticket, answer_id, after)
+
+    @router.delete("/v1/chat/completions/{answer_id}", response_model=None)
+    @limit()
+    async def cancel_answer(request: Request, answer_id: str) -> Response:
+        """Stop a resumable answer at once (its upstream request cancelled); its readers get
+        its end, an ``answer_cancelled`` error event."""
+        info = await answers.owned(request, answer_id)
+        if not info.ended:
+            await answers.cancel(answer_id)
+            info = await answers.store.info(answer_id) or info
+        return JSONResponse(
+            {
+                "id": answer_id,
+                "object": "chat.completion.answer",
+                "status": "ended" if info.ended else "stopping",
+                "events": info.last,
+            }
+        )
 
     @router.get("/v1/models", response_model=None)
     @limit()
@@ -153,8 +190,16 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
                 "background responses are not proxied: stream it, or wait for it",
                 fields={"param": "background", "code": "unsupported_parameter"},
             )
+        resumable = wants_resume(request, payload, proxy.settings.chat_resumable and api is CHAT)
         if not getattr(body, "stream", False):
             return await _complete(request, api, payload, model)
+        if resumable and api is not CHAT:
+            raise ApiError(
+                400,
+                "invalid_request_error",
+                "only streamed chat completions are resumable",
+                fields={"param": "X-Sluice-Resumable", "code": "unsupported_parameter"},
+            )
         asked = getattr(body, "stream_options", None)  # (the Responses API has none of it)
         wants_usage = bool(asked and asked.include_usage)
         if not api.typed:  # (a Responses stream always ends with its usage)
@@ -169,6 +214,8 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
             api=api,
             prompt_estimate=estimate_prompt_tokens(payload),
         )
+        if resumable:
+            return await _resumable(ticket, api, payload, relay)
         return await _relay(
             ticket,
             api,
@@ -222,8 +269,6 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
         passthrough: bool,
         early: bool,
     ) -> StreamResponse:
-        model = relay.model
-
         def events_of(started: Started) -> AsyncIterator[Event | bytes]:
             if passthrough:
                 return relay.passthrough(started.first, started.chunks, started.response)
@@ -237,10 +282,19 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
                 on_end=[relay.finish],
                 drain="finish",
             )
-        # A client that leaves before the first token (a long prefill) cancels the attempt.
+        started, headers = await _first_token(ticket, api, payload, relay)
+        return ticket.response(
+            events_of(started), fmt, headers=headers, on_end=[relay.finish], drain="finish"
+        )
+
+    async def _first_token(
+        ticket: StreamTicket, api: Api, payload: dict[str, Any], relay: Relay
+    ) -> tuple[Started, dict[str, str]]:
+        """The attempts, up to a first token; the stream and its headers. A client that
+        leaves before the first token (a long prefill) cancels the attempt."""
         try:
             outcome = await until_disconnect(
-                ticket.request.receive, proxy.start_stream(api.path, payload, model)
+                ticket.request.receive, proxy.start_stream(api.path, payload, relay.model)
             )
         except BaseException:
             ticket.release()
@@ -249,10 +303,20 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
             ticket.release()
             raise _client_left()
         relay.attach(outcome.lease)
-        headers = {"x-sluice-attempts": str(outcome.attempts)}
-        return ticket.response(
-            events_of(outcome.value), fmt, headers=headers, on_end=[relay.finish], drain="finish"
-        )
+        return outcome.value, {"x-sluice-attempts": str(outcome.attempts)}
+
+    async def _resumable(
+        ticket: StreamTicket, api: Api, payload: dict[str, Any], relay: Relay
+    ) -> StreamResponse:
+        """A resumable answer: generated by a task of its own, its first reader this one
+        (its headers after the first token, early headers or not)."""
+        started, headers = await _first_token(ticket, api, payload, relay)
+        try:
+            answer_id = await answers.begin(ticket.request, relay, started)
+        except BaseException:
+            ticket.release()
+            raise
+        return answers.response(ticket, answer_id, 0, headers)
 
     async def _early(
         api: Api,

@@ -46,6 +46,20 @@ class ChatSettings(CoreSettings):
         description="Send the 200 and ': ping' comments while the model is still silent "
         "(for idle timeouts in front); a failure before the first token is then an SSE error.",
     )
+    chat_resumable: bool = Field(
+        False,
+        description="Streamed chat completions are resumable unless a request says otherwise "
+        "(X-Sluice-Resumable: 0); per request: X-Sluice-Resumable: 1 or stream_options.resumable.",
+    )
+    chat_resume_idle: float = Field(
+        60.0, gt=0, le=86400, description="A resumable answer nobody reads this long is stopped."
+    )
+    chat_resume_retention: int = Field(
+        300, ge=1, le=604800, description="Seconds a resumable answer is kept after its end."
+    )
+    chat_resume_max_age: float = Field(
+        900.0, gt=0, le=86400, description="A resumable answer still running this long is stopped."
+    )
     chat_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
     chat_token_limit: str = Field(
         "1000000/hour", description="Tokens (prompt + completion) per key per window."
