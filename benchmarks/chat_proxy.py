@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.chat_proxy [--tokens 50] [--delay 0.02] [--levels 50,200]
                                               [--rounds 5] [--burst] [--fleet 3]
+                                              [--resumable]
 
 Starts the mock upstream (2 workers), then for each concurrency level streams
 ``4 x level`` completions of ``--tokens`` tokens through each path, in ``--rounds``
@@ -20,6 +21,11 @@ balanced with p2c: what the balancer, the endpoints and their pools cost per str
 and the bare forwarder keep targeting the first mock (a pass-through has no fleet), so
 "CPU vs bare" is then the fleet's chat-proxy over one plain forward. With 1, chat-proxy
 gets the one mock as SLUICE_UPSTREAM_BASE_URL, no fleet file.
+
+``--resumable`` gives chat-proxy a Redis (as make run does) and adds a path: the same
+chat-proxy asked for resumable answers (``X-Sluice-Resumable: 1``): each event recorded in a
+Redis Stream and read back through the core's follower; "CPU vs bare" then compares it with
+the plain pass-through of the same process, on the same Redis.
 
 Each of ``level`` clients runs streams back to back. By default the clients start spread
 over one stream's duration, so ``level`` streams are open at any moment and arrivals are
@@ -54,6 +60,7 @@ from tests.support.procs import (
     running,
     start,
     start_nginx,
+    start_redis,
     start_service,
     wait_http,
 )
@@ -79,8 +86,19 @@ class Run:
         self.errors += other.errors
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: bytes, run: Run, tokens: int) -> None:
-    headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
+async def one(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    run: Run,
+    tokens: int,
+    extra: dict[str, str] | None = None,
+) -> None:
+    headers = {
+        "content-type": "application/json",
+        "authorization": f"Bearer {KEY}",
+        **(extra or {}),
+    }
     started = time.perf_counter()
     last = None
     seen = 0
@@ -109,7 +127,13 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, run: Run, t
 
 
 async def drive(
-    url: str, concurrency: int, streams: int, tokens: int, delay: float, spread: float = 0.0
+    url: str,
+    concurrency: int,
+    streams: int,
+    tokens: int,
+    delay: float,
+    spread: float = 0.0,
+    extra: dict[str, str] | None = None,
 ) -> Run:
     """``streams`` streams from ``concurrency`` clients, started ``spread`` seconds apart in all."""
     run = Run()
@@ -129,7 +153,7 @@ async def drive(
             await asyncio.sleep(spread * n / concurrency)
             while queue:
                 queue.pop()
-                await one(session, url, body, run, tokens)
+                await one(session, url, body, run, tokens, extra)
 
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return run
@@ -141,6 +165,7 @@ class Target:
     url: str
     procs: list[Proc]
     run: Run = field(default_factory=Run)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def one_round(path: Target, args: argparse.Namespace, level: int) -> None:
@@ -148,7 +173,9 @@ def one_round(path: Target, args: argparse.Namespace, level: int) -> None:
     streams = level * 4
     spread = 0.0 if args.burst else args.tokens * args.delay
     cpu_before = sum(cpu_seconds(p.pid) for p in path.procs)
-    run = asyncio.run(drive(path.url, level, streams, args.tokens, args.delay, spread))
+    run = asyncio.run(
+        drive(path.url, level, streams, args.tokens, args.delay, spread, path.headers)
+    )
     cpu = sum(cpu_seconds(p.pid) for p in path.procs) - cpu_before
     path.run.add(run)
     path.run.cpu.append(cpu / streams * 1000)
@@ -189,6 +216,9 @@ def main() -> None:
     parser.add_argument(
         "--fleet", type=int, default=1, help="mock upstreams chat-proxy balances over (1-50)"
     )
+    parser.add_argument(
+        "--resumable", action="store_true", help="also resumable answers (chat-proxy on Redis)"
+    )
     args = parser.parse_args()
     if not 1 <= args.fleet <= 50:
         parser.error("--fleet: from 1 to 50 mock upstreams")
@@ -221,6 +251,9 @@ def main() -> None:
             fleet_file = logs / "fleet.yaml"
             fleet_file.write_text(fleet_yaml(deployments, {"balance": "p2c"}))
             chat_env["SLUICE_UPSTREAMS_FILE"] = str(fleet_file)
+        redis = start_redis(logs) if args.resumable else None
+        if redis is not None:
+            chat_env["SLUICE_REDIS_URL"] = redis.extra["url"]
         chat_native = start_service("chat-proxy", logs, chat_env, workers=1)
         bare_port = free_port()
         bare = start(
@@ -232,7 +265,9 @@ def main() -> None:
         wait_http(f"{bare.url}/healthz", bare)
         nginx = start_nginx({"chat-proxy": f"127.0.0.1:{chat_native.port}"}, logs)
         rows = []
-        with running(nginx, bare, chat_native, *mocks):
+        notes: list[str] = []
+        extras = [redis] if redis is not None else []
+        with running(nginx, bare, chat_native, *mocks, *extras):
             for level in levels:
                 route = "/v1/chat/completions"
                 paths = [
@@ -241,14 +276,35 @@ def main() -> None:
                     Target("chat-proxy (native)", chat_native.url + route, [chat_native]),
                     Target("nginx + chat-proxy (native)", nginx.url + route, [chat_native]),
                 ]
+                if args.resumable:
+                    resumable = {"x-sluice-resumable": "1"}
+                    paths.append(
+                        Target(
+                            "chat-proxy (resumable)",
+                            chat_native.url + route,
+                            [chat_native, *extras],
+                            headers=resumable,
+                        )
+                    )
                 for path in paths:  # warm up: pools, imports, caches
-                    asyncio.run(drive(path.url, min(level, 20), 40, args.tokens, args.delay))
+                    asyncio.run(
+                        drive(
+                            path.url, min(level, 20), 40, args.tokens, args.delay, 0.0, path.headers
+                        )
+                    )
                 for _ in range(args.rounds):
                     for path in paths:
                         one_round(path, args, level)
                 direct, bare_run = paths[0].run, paths[1].run
                 stream_s = args.tokens * args.delay
                 rows += [row(path, level, direct, bare_run, stream_s) for path in paths]
+                if args.resumable:
+                    plain, kept = paths[2].run.cpu, paths[-1].run.cpu
+                    ratio = statistics.median(k / p for k, p in zip(kept, plain, strict=True))
+                    notes.append(
+                        f"{level} streams: a resumable stream costs {ratio:.2f}x a plain one "
+                        "(CPU per 1,000 streams, chat-proxy + Redis, median of the rounds)"
+                    )
     arrivals = "all clients at once (--burst)" if args.burst else "clients spread (steady)"
     if args.fleet > 1:
         print(
@@ -278,6 +334,8 @@ def main() -> None:
             rows,
         )
     )
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

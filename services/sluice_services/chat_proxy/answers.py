@@ -110,39 +110,49 @@ class RedisAnswers:
     async def create(self, answer_id: str, owner: str) -> None:
         key = self.meta_key(answer_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"owner": owner, "created": repr(time.time()), "last": 0})
+            pipe.hset(key, mapping={"owner": owner, "created": repr(time.time())})
             pipe.expire(key, self._lifetime())
             pipe.set(self.reader_key(answer_id), b"1", px=max(1, int(self.hold * 1000)))
             await pipe.execute()
 
     async def append(self, answer_id: str, events: list[Event]) -> None:
+        """The usual write, one event in the middle of an answer, is one ``XADD``; the first
+        batch also gives the stream its lifetime, and the last one (atomically) marks the
+        answer ended and starts its retention. The last event number is the stream's last
+        entry id, so a retried write can tell what it already wrote."""
         if not events:
             return
         stream, meta = self.events_key(answer_id), self.meta_key(answer_id)
-        final = events[-1][2]
-        async with self.redis.pipeline(transaction=True) as pipe:
+        first, final = events[0][0] == 1, events[-1][2]
+        if len(events) == 1 and not first and not final:
+            number, frame, _ = events[0]
+            await self.redis.xadd(stream, {"f": frame}, id=f"0-{number}")
+            return
+        async with self.redis.pipeline(transaction=final) as pipe:
             for number, frame, end in events:
                 fields: dict[str, bytes] = {"f": frame}
                 if end:
                     fields["end"] = b"1"
                 pipe.xadd(stream, fields, id=f"0-{number}")  # type: ignore[arg-type]
-            pipe.hset(meta, "last", str(events[-1][0]))
             if final:
                 pipe.hset(meta, "ended", "1")
                 pipe.expire(meta, self.retention)
                 pipe.expire(stream, self.retention)
-            elif events[0][0] == 1:  # the stream key exists from its first event on
+            elif first:  # the stream key exists from its first event on
                 pipe.expire(stream, self._lifetime())
             await pipe.execute()
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
-        stored = await self.redis.hgetall(self.meta_key(answer_id))  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.meta_key(answer_id))
+            pipe.xrevrange(self.events_key(answer_id), count=1)
+            stored, newest = await pipe.execute()
         if not stored or b"owner" not in stored:
             return None
         return AnswerInfo(
             owner=stored[b"owner"].decode(),
             created=float(stored[b"created"]),
-            last=int(stored.get(b"last", b"0")),
+            last=int(newest[0][0].decode().partition("-")[2]) if newest else 0,
             ended=stored.get(b"ended") == b"1",
         )
 

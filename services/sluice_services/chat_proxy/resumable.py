@@ -32,7 +32,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -140,6 +140,10 @@ class Generation:
         self._wrote_all = asyncio.Event()
         self._wrote_all.set()
         self._number = 0
+        self._record: list[bytes] = []  # every event so far; event n at n - 1
+        self._durable = 0  # the events the store has: what readers here may be given
+        self._grown = asyncio.Event()  # set (and replaced) when _durable grows, or at the end
+        self._closed = False
         self._final = False
         self._bytes = 0
         self._unread = False
@@ -157,8 +161,37 @@ class Generation:
         self._final = final
         self._bytes += len(frame)
         self._pending.append((self._number, frame, final))
+        self._record.append(frame)
         self._wrote_all.clear()
         self._written.set()
+
+    def _stored(self, number: int) -> None:
+        """The store has every event up to ``number``: readers here may have them."""
+        if number > self._durable:
+            self._durable = number
+            self._grown.set()
+            self._grown = asyncio.Event()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._grown.set()
+
+    async def read(self, after: int) -> AsyncGenerator[tuple[int, bytes], None]:
+        """The events after ``after`` that the store has, for a reader in this worker: from
+        memory, not back through Redis (the store has them first, so what a reader got here
+        can be resumed anywhere); up to the final one, or to what was stored when the
+        generation ended without it."""
+        position = after
+        while True:
+            grown, durable = self._grown, self._durable
+            while position < durable:
+                position += 1
+                yield position, self._record[position - 1]
+            if self._closed or (self._final and position >= self._number):
+                if position >= self._durable:
+                    return
+                continue
+            await grown.wait()
 
     async def _writer(self) -> None:
         """Writes what was added, as it comes: what piles up during one write goes in the
@@ -184,8 +217,10 @@ class Generation:
                         info = await store.info(self.id)
                         if info is not None:
                             self._pending = [e for e in self._pending if e[0] > info.last]
+                            self._stored(info.last)
                     continue
                 failing = False
+                self._stored(batch[-1][0])
                 if batch[-1][2]:
                     self._wrote_all.set()
                     return
@@ -269,6 +304,7 @@ class Generation:
             relaying.cancel()
             raise
         finally:
+            self._close()
             stopping.cancel()
             writer.cancel()
             drain.unregister(leaving)
@@ -453,7 +489,8 @@ class Answers:
         a generation could last (its upstream's read timeout, twice) means its writer died
         (a killed worker): the reader ends with an error of its own, recorded nowhere."""
         self.local_readers[answer_id] += 1
-        events = self.store.events(answer_id, after)
+        generation = self.running.get(answer_id)  # generated here: read from its memory
+        events = generation.read(after) if generation else self.store.events(answer_id, after)
         silence = self.settings.upstream_read_timeout * 2 + _CHECK_EVERY
         try:
             while True:
