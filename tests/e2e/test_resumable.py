@@ -123,6 +123,55 @@ def test_a_rolling_restart_mid_answer_resumes_on_a_new_worker_and_loses_no_token
     assert '"clean": true' in proxy.log()
 
 
+def test_two_replicas_sharing_redis_resume_and_stop_each_others_answers(
+    log_dir: Path, mock_upstream: Proc, redis_server: Proc
+) -> None:
+    """Two chat-proxy services (each gunicorn, its own workers), one Redis: an answer started
+    on one is resumed through the other, and a DELETE there stops it where it runs, its
+    upstream request cancelled within 100 ms."""
+    env = {
+        "SLUICE_API_KEYS": KEY,
+        "SLUICE_UPSTREAM_BASE_URL": f"{mock_upstream.url}/v1",
+        "SLUICE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "SLUICE_REDIS_URL": redis_server.extra["url"],
+    }
+    one = start_service("chat-proxy", log_dir, env, workers=1)
+    two = start_service("chat-proxy", log_dir, env, workers=1)
+    with running(one, two):
+        body = {
+            "model": "mock-fault:tokens=500,delay=0.02",
+            "stream": True,
+            "messages": [{"role": "user", "content": "across replicas"}],
+        }
+        rid = f"resume-replicas-{time.time_ns()}"
+        seen: list[tuple[int, str]] = []
+        headers = {**AUTH, "X-Sluice-Resumable": "1", "X-Request-ID": rid}
+        with httpx.stream(
+            "POST", f"{one.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            path = response.headers["x-sluice-resume"]
+            for event in sse(response.iter_lines()):
+                seen.append((int(event["id"]), event["data"]))
+                if len(seen) == 5:
+                    break
+        headers = {**AUTH, "Last-Event-ID": str(seen[-1][0])}
+        with httpx.stream("GET", f"{two.url}{path}", headers=headers, timeout=30) as part:
+            for event in sse(part.iter_lines()):
+                seen.append((int(event["id"]), event["data"]))
+                if len(seen) == 25:
+                    break
+        assert [n for n, _ in seen] == list(range(1, 26))
+        asked = time.time()
+        stopped = httpx.delete(f"{two.url}{path.removesuffix('/events')}", headers=AUTH)
+        assert stopped.status_code == 200 and stopped.json()["status"] == "ended", stopped.text
+        seen_upstream = httpx.get(f"{mock_upstream.url}/mock/requests/{rid}").json()
+        assert seen_upstream["end"] == "client_disconnect"
+        assert seen_upstream["ended_at"] - asked < 0.1, seen_upstream["ended_at"] - asked
+        rest = httpx.get(f"{two.url}{path}", headers={**AUTH, "Last-Event-ID": "25"}).text
+        last = [e["data"] for e in sse(iter(rest.split("\n"))) if "data" in e][-1]
+        assert json.loads(last)["error"]["code"] == "answer_cancelled"
+
+
 # A browser: a stream token for the answer's resume path, then an EventSource on it, which
 # reconnects by itself (Last-Event-ID) when a rolling restart drains its stream.
 WATCH_ANSWER = """
