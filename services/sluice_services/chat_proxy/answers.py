@@ -29,6 +29,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from sluice.memory_log import MemoryLog
 from sluice.stream_follower import Fields, StreamFollower
 
 log = logging.getLogger("chat_proxy.answers")
@@ -211,10 +212,8 @@ class RedisAnswers:
 class _Kept:
     owner: str
     created: float
-    events: list[tuple[int, bytes]] = field(default_factory=list)
     ended: bool = False
     read_at: float = field(default_factory=time.monotonic)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class MemoryAnswers:
@@ -230,57 +229,48 @@ class MemoryAnswers:
         self.hold = hold  # how long a reader's "reading" mark lasts
         self.max_answers = max_answers
         self._answers: OrderedDict[str, _Kept] = OrderedDict()
+        self._events: MemoryLog[bytes] = MemoryLog()  # the core's, by answer id
         self._on_stop: Callable[[str], None] | None = None
+
+    def _delete(self, answer_id: str) -> None:
+        self._answers.pop(answer_id, None)
+        self._events.drop(answer_id)
 
     def _expire(self) -> None:
         now = time.time()
         for answer_id, kept in list(self._answers.items()):
             if now - kept.created > self.max_age + self.retention:
-                del self._answers[answer_id]
+                self._delete(answer_id)
         while len(self._answers) > self.max_answers:
             oldest = next((i for i, k in self._answers.items() if k.ended), None)
             if oldest is None:
                 break
-            del self._answers[oldest]
+            self._delete(oldest)
 
     async def create(self, answer_id: str, owner: str) -> None:
         self._expire()
         self._answers[answer_id] = _Kept(owner, time.time())
+        self._events.open(answer_id)
 
     async def append(self, answer_id: str, events: list[Event]) -> None:
         kept = self._answers.get(answer_id)
         if kept is None or not events:
             return
-        kept.events += [(number, frame) for number, frame, _ in events]
+        for _, frame, final in events:  # (numbered in order: the log's own numbers)
+            self._events.append(answer_id, frame, final)
         if events[-1][2]:
             kept.ended = True
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.retention, self._answers.pop, answer_id, None)
-        kept.changed.set()
-        kept.changed = asyncio.Event()
+            asyncio.get_running_loop().call_later(self.retention, self._delete, answer_id)
 
     async def info(self, answer_id: str) -> AnswerInfo | None:
         kept = self._answers.get(answer_id)
         if kept is None:
             return None
-        last = kept.events[-1][0] if kept.events else 0
-        return AnswerInfo(kept.owner, kept.created, last, kept.ended)
+        return AnswerInfo(kept.owner, kept.created, self._events.last(answer_id), kept.ended)
 
     async def events(self, answer_id: str, after: int) -> AsyncGenerator[tuple[int, bytes], None]:
-        position = after
-        while True:
-            kept = self._answers.get(answer_id)
-            if kept is None:
-                return  # deleted (retention, eviction)
-            changed = kept.changed
-            fresh = kept.events[position:]  # event n is at index n - 1
-            for number, frame in fresh:
-                position = number
-                yield number, frame
-            if kept.ended and position >= len(kept.events):
-                return
-            if not fresh:
-                await changed.wait()
+        async for number, frame in self._events.read(answer_id, after):
+            yield number, frame
 
     async def reading(self, answer_ids: list[str]) -> None:
         now = time.monotonic()
@@ -305,4 +295,5 @@ class MemoryAnswers:
             self._on_stop = None
 
     async def close(self) -> None:
-        self._answers.clear()
+        for answer_id in list(self._answers):
+            self._delete(answer_id)

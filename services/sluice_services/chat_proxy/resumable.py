@@ -31,8 +31,8 @@ import logging
 import re
 import secrets
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import Counter, deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -42,6 +42,7 @@ from sluice.admission import StreamTicket
 from sluice.caller import caller_key
 from sluice.errors import ApiError
 from sluice.formats import StreamFormat
+from sluice.memory_log import MemoryLog
 from sluice.runtime import Runtime
 from sluice.streaming import EndReason, StreamError, StreamResponse
 from sluice_services.chat_proxy.answers import (
@@ -140,10 +141,8 @@ class Generation:
         self._wrote_all = asyncio.Event()
         self._wrote_all.set()
         self._number = 0
-        self._record: list[bytes] = []  # every event so far; event n at n - 1
-        self._durable = 0  # the events the store has: what readers here may be given
-        self._grown = asyncio.Event()  # set (and replaced) when _durable grows, or at the end
-        self._closed = False
+        self._unstored: deque[bytes] = deque()  # events added, not yet in the store
+        self._durable = 0  # the events the store has: what readers here are given
         self._final = False
         self._bytes = 0
         self._unread = False
@@ -161,37 +160,19 @@ class Generation:
         self._final = final
         self._bytes += len(frame)
         self._pending.append((self._number, frame, final))
-        self._record.append(frame)
+        self._unstored.append(frame)
         self._wrote_all.clear()
         self._written.set()
 
     def _stored(self, number: int) -> None:
-        """The store has every event up to ``number``: readers here may have them."""
-        if number > self._durable:
-            self._durable = number
-            self._grown.set()
-            self._grown = asyncio.Event()
-
-    def _close(self) -> None:
-        self._closed = True
-        self._grown.set()
-
-    async def read(self, after: int) -> AsyncGenerator[tuple[int, bytes], None]:
-        """The events after ``after`` that the store has, for a reader in this worker: from
-        memory, not back through Redis (the store has them first, so what a reader got here
-        can be resumed anywhere); up to the final one, or to what was stored when the
-        generation ended without it."""
-        position = after
-        while True:
-            grown, durable = self._grown, self._durable
-            while position < durable:
-                position += 1
-                yield position, self._record[position - 1]
-            if self._closed or (self._final and position >= self._number):
-                if position >= self._durable:
-                    return
-                continue
-            await grown.wait()
+        """The store has every event up to ``number``: readers in this worker get them now,
+        from memory (``Answers.local``), not back through Redis; what they got can be
+        resumed anywhere."""
+        local = self.answers.local
+        while self._durable < number and self._unstored:
+            self._durable += 1
+            final = self._final and self._durable == self._number
+            local.append(self.id, self._unstored.popleft(), final)
 
     async def _writer(self) -> None:
         """Writes what was added, as it comes: what piles up during one write goes in the
@@ -304,7 +285,7 @@ class Generation:
             relaying.cancel()
             raise
         finally:
-            self._close()
+            self.answers.local.drop(self.id)  # its readers here finish what it holds
             stopping.cancel()
             writer.cancel()
             drain.unregister(leaving)
@@ -360,6 +341,7 @@ class Answers:
             )
         self.hold = hold
         self.running: dict[str, Generation] = {}
+        self.local: MemoryLog[bytes] = MemoryLog()  # the stored events of those, by answer
         self.local_readers: Counter[str] = Counter()
         self.left_at: dict[str, float] = {}  # when the last reader here left an answer
         self._renew_every = max(0.2, hold / 3)
@@ -425,6 +407,7 @@ class Answers:
             raise
         generation = Generation(self, answer_id, relay, started, owner)
         self.running[answer_id] = generation
+        self.local.open(answer_id)
         generation.task = asyncio.get_running_loop().create_task(generation.run())
         return answer_id
 
@@ -489,8 +472,8 @@ class Answers:
         a generation could last (its upstream's read timeout, twice) means its writer died
         (a killed worker): the reader ends with an error of its own, recorded nowhere."""
         self.local_readers[answer_id] += 1
-        generation = self.running.get(answer_id)  # generated here: read from its memory
-        events = generation.read(after) if generation else self.store.events(answer_id, after)
+        local = answer_id in self.local  # generated here: read from memory
+        events = self.local.read(answer_id, after) if local else self.store.events(answer_id, after)
         silence = self.settings.upstream_read_timeout * 2 + _CHECK_EVERY
         try:
             while True:

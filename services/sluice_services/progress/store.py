@@ -20,13 +20,13 @@ Event ids are the job's event numbers (``1``, ``2``, ...) in both modes, so a po
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
+from sluice.memory_log import MemoryLog
 from sluice_services.progress.model import Job, JobEvent
 
 Renewal = Literal["held", "cancel", "lost"]
@@ -128,28 +128,26 @@ class MemoryStore:
         self.max_jobs = max_jobs
         self.max_events = max_events
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._events: dict[str, list[JobEvent]] = {}
+        self._events: MemoryLog[JobEvent] = MemoryLog(max_events)  # the core's, by job id
         self._by: dict[str, str] = {}  # the writer of each job's last event
-        self._changed: dict[str, asyncio.Condition] = {}
-        self._subscribers = 0
 
     @property
     def subscribers(self) -> int:
-        return self._subscribers
+        return self._events.readers
 
     def valid_event_id(self, value: str) -> bool:
         return valid_sequence(value)
 
     async def create(self, job: Job) -> None:
         self._jobs[job.id] = _copy(job)
-        self._events[job.id] = []
-        self._changed[job.id] = asyncio.Condition()
+        self._events.open(job.id)
         while len(self._jobs) > self.max_jobs:
             oldest = next((j for j in self._jobs.values() if j.final), None)
             if oldest is None:
                 break
-            for table in (self._jobs, self._events, self._changed, self._by):
-                table.pop(oldest.id, None)
+            self._jobs.pop(oldest.id, None)
+            self._by.pop(oldest.id, None)
+            self._events.drop(oldest.id)
 
     async def get(self, job_id: str) -> Job | None:
         job = self._jobs.get(job_id)
@@ -223,34 +221,9 @@ class MemoryStore:
             setattr(job, name, value)
         job.seq += 1
         self._by[job.id] = by
-        events = self._events[job.id]
-        events.append(JobEvent(str(job.seq), type, data))
-        if len(events) > self.max_events:
-            del events[0]
-        condition = self._changed[job.id]
-        async with condition:
-            condition.notify_all()
+        event = JobEvent(str(job.seq), type, data)
+        self._events.append(job.id, event, final=event.final)  # its number is job.seq
 
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[JobEvent]:
-        condition = self._changed.get(job_id)
-        if condition is None:
-            return
-        self._subscribers += 1
-        try:
-            last = int(after) if after else 0
-            while True:
-                events = self._events.get(job_id, [])
-                first = int(events[0].id) if events else 0
-                for event in events[max(0, last + 1 - first) :]:
-                    last = int(event.id)
-                    yield event
-                    if event.final:
-                        return
-                async with condition:
-                    job = self._jobs.get(job_id)
-                    if job is None:
-                        return  # evicted
-                    if job.seq <= last:
-                        await condition.wait()
-        finally:
-            self._subscribers -= 1
+        async for _, event in self._events.read(job_id, int(after) if after else 0):
+            yield event
