@@ -150,10 +150,15 @@ class StreamFollower:
                     for queue in list(queues or ()):
                         try:
                             queue.put_nowait((position, fields))
-                        except asyncio.QueueFull:  # a stuck reader: let it resume later
-                            with contextlib.suppress(asyncio.QueueFull):
+                        except asyncio.QueueFull:  # a stuck reader: it resumes later
+                            # Nothing more for it, and nothing it has not read yet either:
+                            # were the oldest dropped for the marker, it would read on past
+                            # a gap. It resumes from what it read last.
+                            while not queue.empty():
                                 queue.get_nowait()
-                                queue.put_nowait(None)
+                            queue.put_nowait(None)
+                            if queues is not None:
+                                queues.discard(queue)
 
     async def close(self) -> None:
         # A flag as well as the cancel: redis-py can swallow a cancel that lands as its

@@ -131,6 +131,38 @@ async def test_a_reader_that_falls_behind_is_told_and_resumes_from_its_position(
         await redis.aclose()
 
 
+@pytest.mark.parametrize("written", [11, 15, 40])
+async def test_a_reader_just_past_its_queue_never_reads_across_a_gap(
+    redis_server: Proc, written: int
+) -> None:
+    """A queue of 10 overflowing by one or a few: the reader is told before it reads on
+    past a dropped entry (it once lost the entry after the ones it had queued)."""
+    redis = await client(redis_server)
+    follower = StreamFollower(redis, queue_size=10)
+    key = f"test:follower:gap:{time.time_ns()}:{written}"
+    try:
+        entries = follower.entries(key, "0-0", ends)
+        await redis.xadd(key, {"n": "1"}, id="0-1")
+        got = [int((await anext(entries))[1][b"n"])]
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(2, 2 + written):
+                pipe.xadd(key, {"n": str(n)}, id=f"0-{n}")
+            await pipe.execute()
+        await asyncio.sleep(0.5)
+
+        async def keep_reading() -> None:
+            async for _, fields in entries:
+                got.append(int(fields[b"n"]))
+
+        with pytest.raises(FellBehind):
+            await keep_reading()
+        assert got == list(range(1, len(got) + 1))  # what it got has no gap
+    finally:
+        await follower.close()
+        await redis.delete(key)
+        await redis.aclose()
+
+
 def test_entry_ids_sort_as_redis_orders_them() -> None:
     assert id_key("0-10") > id_key("0-9")
     assert id_key("1700000000000-0") > id_key("0-999999")
