@@ -40,10 +40,19 @@ class StreamTicket:
     def __init__(self, request: Request, runtime: Runtime[CoreSettings], slot: Slot) -> None:
         self.request = request
         self.runtime = runtime
-        self.slot = slot
+        self.slot: Slot | None = slot
 
     def release(self) -> None:
-        self.slot.release()
+        if self.slot is not None:
+            self.slot.release()
+
+    def take_slot(self) -> Slot:
+        """The cap slot, for work that outlives the response (which then holds none, and
+        the taker releases it): a stream's generation that goes on without its client."""
+        slot = self.slot
+        assert slot is not None, "the slot was taken already"
+        self.slot = None
+        return slot
 
     def response(
         self,
@@ -56,7 +65,9 @@ class StreamTicket:
     ) -> StreamResponse:
         slot = self.slot
         all_headers = {**self.runtime.auth.renewal(self.request), **(headers or {})}
-        callbacks: list[EndCallback] = [lambda _: slot.release(), *(on_end or ())]
+        callbacks: list[EndCallback] = [*(on_end or ())]
+        if slot is not None:
+            callbacks.insert(0, lambda _: slot.release())
         return StreamResponse(
             events, fmt, self.runtime, headers=all_headers, on_end=callbacks, drain=drain
         )

@@ -419,3 +419,99 @@ async def test_two_instances_sharing_redis_resume_and_stop_each_others_answers(
         assert seen["ended_at"] - asked < 0.1, seen["ended_at"] - asked
         rest = await resume(two, path, after=got[-1][0])
         assert json.loads(events(rest.text)[-1][1])["error"]["code"] == "answer_cancelled"
+
+
+async def test_a_generation_holds_its_keys_stream_slot_until_it_ends(
+    mock_upstream: Proc, redis_server: Proc
+) -> None:
+    """Clients that start answers and leave at once still have them running: each counts
+    as one of the key's streams (the cap cannot be walked around by leaving)."""
+    slow = body(model="mock-fault:tokens=400,delay=0.05")
+    async with app_for("memory", mock_upstream, redis_server, max_streams_per_key=2) as app:
+        paths = []
+        for _ in range(2):
+            started = await start(app, slow, leave_after=1)
+            assert started.status == 200
+            paths.append(started.headers["x-sluice-resume"])
+        third = await start(app, slow, leave_after=1)
+        assert third.status == 429, third.text
+        assert json.loads(third.body)["error"]["type"] == "too_many_streams"
+        answer = paths[0].rsplit("/", 2)[1]
+        await asgi.request(app, f"/v1/chat/completions/{answer}", method="DELETE", headers=[AUTH])
+        fourth = await start(app, slow, leave_after=1)
+        assert fourth.status == 200  # the stopped answer gave its slot back
+        for path in (paths[1], fourth.headers["x-sluice-resume"]):
+            await asgi.request(app, path.removesuffix("/events"), method="DELETE", headers=[AUTH])
+
+
+async def test_last_event_id_wins_over_after_in_the_url(
+    mock_upstream: Proc, redis_server: Proc
+) -> None:
+    # An EventSource opened on ?after=2 reconnects to that URL with the id it saw last.
+    async with app_for("memory", mock_upstream, redis_server) as app:
+        whole = await start(app, body())
+        path = whole.headers["x-sluice-resume"]
+        got = await asgi.request(app, f"{path}?after=2", headers=[AUTH, ("last-event-id", "7")])
+    assert events(got.text) == events(whole.text)[7:]
+
+
+async def test_a_stop_asked_while_the_message_is_missed_still_stops_the_answer(
+    mock_upstream: Proc, redis_server: Proc
+) -> None:
+    """A DELETE's message can be missed (a listener reconnecting); its mark in Redis is
+    found at the writer's next look."""
+    async with app_for("redis", mock_upstream, redis_server) as app:
+        first = await start(app, body(model="mock-fault:tokens=400,delay=0.05"), leave_after=2)
+        path = first.headers["x-sluice-resume"]
+        answer = path.rsplit("/", 2)[1]
+        answers = app.state.runtime.resources[1].__self__
+        await answers.store.redis.set(answers.store.stop_key(answer), b"1")  # no message
+        rest = await resume(app, path, timeout=5)
+    assert json.loads(events(rest.text)[-1][1])["error"]["code"] == "answer_cancelled"
+
+
+@pytest.mark.parametrize(
+    ("mode", "asked", "policy"),
+    [
+        ("redis", True, "reconnect"),  # resumes on another worker: a hint
+        ("redis", False, "finish"),  # an SDK made resumable by the route default
+        ("memory", True, "finish"),  # no other worker has the answer
+    ],
+)
+async def test_a_reader_is_drained_with_a_hint_only_where_it_can_resume(
+    mode: str,
+    asked: bool,
+    policy: str,
+    mock_upstream: Proc,
+    redis_server: Proc,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sluice.admission
+    from sluice.streaming import StreamResponse
+
+    policies: list[str] = []
+    real = StreamResponse
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        policies.append(kwargs["drain"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sluice.admission, "StreamResponse", recording)
+    headers = (AUTH, RESUMABLE) if asked else (AUTH,)
+    async with app_for(mode, mock_upstream, redis_server, chat_resumable=True) as app:
+        result = await start(app, body(), headers)
+        assert "x-sluice-resume" in result.headers
+        again = await resume(app, result.headers["x-sluice-resume"])
+        assert again.status == 200
+    assert policies[0] == policy
+    assert policies[1] == ("reconnect" if mode == "redis" else "finish")  # GET …/events
+
+
+def test_an_upstreams_own_ids_are_taken_out_and_ours_is_the_events_last_line() -> None:
+    from sluice_services.chat_proxy.resumable import _without_id, with_id
+
+    for hostile in (b"id: 99\ndata: {}\n\n", b"data: {}\nid\n\n", b"id:\ndata: {}\nid: x\n\n"):
+        clean = _without_id(hostile)
+        assert b"id" not in clean.replace(b"data", b""), clean
+        assert with_id(7, clean).endswith(b"id: 7\n\n")
+    assert _without_id(b'data: {"idea": 1}\n\n') == b'data: {"idea": 1}\n\n'

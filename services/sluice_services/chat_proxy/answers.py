@@ -62,12 +62,14 @@ class AnswerStore(Protocol):
         """These answers have a reader in this process now (for ``read_lately``)."""
         ...
 
-    async def read_lately(self, answer_id: str) -> bool:
-        """Whether some process said it reads the answer within the last ``hold`` s."""
+    async def look(self, answer_id: str) -> tuple[bool, bool]:
+        """(whether some process said it reads the answer within the last ``hold`` s,
+        whether a stop was asked): the writer's look, once a second."""
         ...
 
     async def ask_stop(self, answer_id: str) -> None:
-        """Tell the answer's writer, wherever it runs, to stop (``on_stop`` there)."""
+        """Tell the answer's writer, wherever it runs, to stop: at once (``on_stop``
+        there), and at its next look should that message be missed."""
         ...
 
     async def serve(self, on_stop: Callable[[str], None]) -> None:
@@ -129,7 +131,7 @@ class RedisAnswers:
             number, frame, _ = events[0]
             await self.redis.xadd(stream, {"f": frame}, id=f"0-{number}")
             return
-        async with self.redis.pipeline(transaction=final) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:  # no hole, no lost TTL
             for number, frame, end in events:
                 fields: dict[str, bytes] = {"f": frame}
                 if end:
@@ -174,11 +176,21 @@ class RedisAnswers:
                 pipe.set(self.reader_key(answer_id), b"1", px=hold)
             await pipe.execute()
 
-    async def read_lately(self, answer_id: str) -> bool:
-        return bool(await self.redis.exists(self.reader_key(answer_id)))
+    def stop_key(self, answer_id: str) -> str:
+        return f"{self.prefix}:{answer_id}:stop"
+
+    async def look(self, answer_id: str) -> tuple[bool, bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.reader_key(answer_id))
+            pipe.exists(self.stop_key(answer_id))
+            reading, stop = await pipe.execute()
+        return bool(reading), bool(stop)
 
     async def ask_stop(self, answer_id: str) -> None:
-        await self.redis.publish(self.stop_channel, answer_id.encode())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.stop_key(answer_id), b"1", ex=self._lifetime())
+            pipe.publish(self.stop_channel, answer_id.encode())
+            await pipe.execute()
 
     async def serve(self, on_stop: Callable[[str], None]) -> None:
         failing = False
@@ -279,9 +291,9 @@ class MemoryAnswers:
             if kept is not None:
                 kept.read_at = now
 
-    async def read_lately(self, answer_id: str) -> bool:
+    async def look(self, answer_id: str) -> tuple[bool, bool]:
         kept = self._answers.get(answer_id)
-        return kept is not None and time.monotonic() - kept.read_at < self.hold
+        return kept is not None and time.monotonic() - kept.read_at < self.hold, False
 
     async def ask_stop(self, answer_id: str) -> None:
         if self._on_stop is not None:

@@ -40,10 +40,12 @@ from fastapi import Request
 
 from sluice.admission import StreamTicket
 from sluice.caller import caller_key
+from sluice.caps import Slot
 from sluice.errors import ApiError
 from sluice.formats import StreamFormat
 from sluice.memory_log import MemoryLog
 from sluice.runtime import Runtime
+from sluice.stream_follower import FellBehind
 from sluice.streaming import EndReason, StreamError, StreamResponse
 from sluice_services.chat_proxy.answers import (
     AnswerInfo,
@@ -81,10 +83,11 @@ def _bad(param: str, message: str) -> ApiError:
     )
 
 
-def wants_resume(request: Request, payload: dict[str, Any], default: bool) -> bool:
-    """Whether this streamed chat completion is resumable: the ``X-Sluice-Resumable``
-    header (``1``/``0``, ``true``/``false``), else ``stream_options.resumable`` (a JSON
-    boolean), else the route's default. ``resumable`` is taken out of what the upstream gets."""
+def wants_resume(request: Request, payload: dict[str, Any]) -> bool | None:
+    """Whether this request asks for a resumable answer: the ``X-Sluice-Resumable`` header
+    (``1``/``0``, ``true``/``false``), else ``stream_options.resumable`` (a JSON boolean);
+    None when it says nothing (the route's default then decides). ``resumable`` is taken out
+    of what the upstream gets."""
     options = payload.get("stream_options")
     asked: Any = None
     if isinstance(options, dict) and "resumable" in options:
@@ -97,7 +100,7 @@ def wants_resume(request: Request, payload: dict[str, Any], default: bool) -> bo
         if value not in ("1", "0", "true", "false"):
             raise _bad("X-Sluice-Resumable", "X-Sluice-Resumable must be 1, 0, true or false")
         return value in ("1", "true")
-    return default if asked is None else asked
+    return None if asked is None else bool(asked)
 
 
 def _stopped(code: str, message: str, typed: bool) -> bytes:
@@ -112,23 +115,42 @@ _STOPS = {
     "answer_too_old": "the answer ran for longer than its maximum age; it was stopped",
     "tokens_exceeded": "the key's token budget ran out while the answer was generated",
     "worker_exiting": "the server generating the answer stopped before it ended",
+    "answer_too_large": "the answer grew past SLUICE_CHAT_RESUME_MAX_BYTES; it was stopped",
+    "store_unavailable": "the answer could not be recorded (the store is unavailable)",
 }
+_MAX_UNSTORED = 10_000  # events waiting for the store: past it, the answer is stopped
+
+
+def _is_id_line(line: bytes) -> bool:
+    return line.startswith(b"id:") or line.rstrip(b"\n") == b"id"  # (a bare field name too)
 
 
 def _without_id(frame: bytes) -> bytes:
-    """An upstream event without ``id:`` lines of its own: a reader's id is its number."""
-    if not (frame.startswith(b"id:") or b"\nid:" in frame):
+    """An upstream event without ``id`` lines of its own: a reader's id is its number."""
+    if not (frame.startswith(b"id") or b"\nid" in frame):
         return frame
-    return b"".join(line for line in frame.splitlines(keepends=True) if not line.startswith(b"id:"))
+    return b"".join(line for line in frame.splitlines(keepends=True) if not _is_id_line(line))
+
+
+def with_id(number: int, frame: bytes) -> bytes:
+    """The event as a reader gets it: its number as its ``id:``, the event's last line."""
+    return frame[:-1] + b"id: %d\n\n" % number
 
 
 class Generation:
     """One answer being generated here: the upstream stream, recorded as it comes."""
 
     def __init__(
-        self, answers: Answers, answer_id: str, relay: Relay, started: Started, owner: str
+        self,
+        answers: Answers,
+        answer_id: str,
+        relay: Relay,
+        started: Started,
+        owner: str,
+        slot: Slot | None,
     ) -> None:
         self.answers = answers
+        self.slot = slot  # its stream-cap slot: a generation counts as a stream of its key
         self.id = answer_id
         self.relay = relay
         self.started = started
@@ -145,6 +167,7 @@ class Generation:
         self._durable = 0  # the events the store has: what readers here are given
         self._final = False
         self._bytes = 0
+        self._failed = False  # its end is an error (the upstream's, or a stop)
         self._unread = False
         self.task: asyncio.Task[None] | None = None
 
@@ -159,6 +182,7 @@ class Generation:
         self._number += 1
         self._final = final
         self._bytes += len(frame)
+        ANSWER_BYTES.labels(self.answers.service).inc(len(frame))
         self._pending.append((self._number, frame, final))
         self._unstored.append(frame)
         self._wrote_all.clear()
@@ -218,12 +242,15 @@ class Generation:
                     ends = relay.ended and index == len(frames) - 1
                     self._add(_without_id(frame), final=ends)
         except StreamError as exc:
+            self._failed = True
             told = exc.last if isinstance(exc.last, bytes) else None
             if not self._final:
                 self._add(told or _stopped("upstream_error", str(exc), relay.api.typed), final=True)
         except FrameTooLarge as exc:
+            self._failed = True
             self._add(_stopped("upstream_too_large", str(exc), relay.api.typed), final=True)
         if not self._final:  # (a stream that ended without its end event is an error above)
+            self._failed = True
             self._add(_stopped("upstream_reset", "the stream ended early", relay.api.typed), True)
 
     async def run(self) -> None:
@@ -249,20 +276,21 @@ class Generation:
                     self.stop("worker_exiting")
                 now = time.monotonic()
                 if self.stop_code is None:
-                    read_at = await self._read_at(read_at, now)
-                    if now - read_at > self.answers.settings.chat_resume_idle:
-                        self.stop("answer_abandoned")
-                    elif now - self.created > self.answers.settings.chat_resume_max_age:
-                        self.stop("answer_too_old")
-                    elif now - budget_at >= _BUDGET_EVERY:
+                    read_at = await self._look(read_at, now)
+                if self.stop_code is None:
+                    code = self._bound_passed(now, read_at)
+                    if code is None and now - budget_at >= _BUDGET_EVERY:
                         budget_at = now
-                        if self.answers.over_budget(self.owner, self.relay):
-                            self.stop("tokens_exceeded")
+                        if await self.answers.over_budget(self.owner, self.relay):
+                            code = "tokens_exceeded"
+                    if code is not None:
+                        self.stop(code)
                 if self.stop_code is not None:
                     relaying.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await relaying
                     reason = EndReason.CANCELLED
+                    self._failed = True
                     code = self.stop_code
                     self._add(_stopped(code, _STOPS[code], self.relay.api.typed), final=True)
                     log.info(
@@ -275,7 +303,7 @@ class Generation:
                 log.error("answer %s failed", self.id, exc_info=failure)
                 failed = _stopped("upstream_error", "the answer failed", self.relay.api.typed)
                 self._add(failed, final=True)
-            if self.relay.upstream_failed or failure is not None:
+            if reason is EndReason.COMPLETED and (self._failed or failure is not None):
                 reason = EndReason.ERROR
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.answers.settings.redis_timeout * 2):
@@ -290,23 +318,42 @@ class Generation:
             writer.cancel()
             drain.unregister(leaving)
             self._set_unread(False)
+            if self.slot is not None:
+                self.slot.release()
             with contextlib.suppress(RuntimeError):  # (no loop left to count retention on)
                 self.answers.ended(self, self._bytes)
             self.relay.finish(reason)  # the key is charged once, whatever ended it
 
-    async def _read_at(self, read_at: float, now: float) -> float:
-        """When somebody last read this answer, as far as this look can tell: now, while a
-        reader of this worker reads; when the last one left; or, read on another worker
-        within the mark's ``hold``, at least that long ago."""
+    def _bound_passed(self, now: float, read_at: float) -> str | None:
+        """The stop code of the first bound the answer is past, if any."""
+        settings = self.answers.settings
+        if now - read_at > settings.chat_resume_idle:
+            return "answer_abandoned"
+        if now - self.created > settings.chat_resume_max_age:
+            return "answer_too_old"
+        if self._bytes > settings.chat_resume_max_bytes:
+            return "answer_too_large"
+        if len(self._unstored) > _MAX_UNSTORED:
+            return "store_unavailable"
+        return None
+
+    async def _look(self, read_at: float, now: float) -> float:
+        """A stop asked anywhere (its mark: a message can be missed), and when somebody last
+        read this answer, as far as this look can tell: now, while a reader of this worker
+        reads; when the last one left; or, read on another worker within the mark's
+        ``hold``, at least that long ago."""
         answers = self.answers
-        if answers.local_readers[self.id] > 0:
+        local = answers.local_readers[self.id] > 0
+        try:
+            lately, stop = await answers.store.look(self.id)
+        except Exception:  # the store is out: nobody can be told to stop reading either
+            return now
+        if stop:
+            self.stop("answer_cancelled")
+        if local:
             self._set_unread(False)
             return now
         read_at = max(read_at, answers.left_at.get(self.id, read_at))
-        try:
-            lately = await answers.store.read_lately(self.id)
-        except Exception:  # the store is out: nobody can be told to stop reading either
-            return now
         self._set_unread(not lately)
         return max(read_at, now - answers.hold) if lately else read_at
 
@@ -344,6 +391,7 @@ class Answers:
         self.local: MemoryLog[bytes] = MemoryLog()  # the stored events of those, by answer
         self.local_readers: Counter[str] = Counter()
         self.left_at: dict[str, float] = {}  # when the last reader here left an answer
+        self._budgets: dict[str, tuple[float, int]] = {}  # key -> (when asked, tokens left)
         self._renew_every = max(0.2, hold / 3)
 
     @asynccontextmanager
@@ -359,7 +407,10 @@ class Answers:
                 generation.stop("worker_exiting")
             tasks = [g.task for g in self.running.values() if g.task is not None]
             if tasks:
-                await asyncio.wait(tasks, timeout=_EXIT_WAIT)
+                _, left = await asyncio.wait(tasks, timeout=_EXIT_WAIT)
+                for task in left:  # (their end unrecorded: readers get answer_lost)
+                    task.cancel()
+                await asyncio.gather(*left, return_exceptions=True)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -377,25 +428,42 @@ class Answers:
             with contextlib.suppress(Exception):  # a store outage: generations keep going
                 await self.store.reading(reading)
 
-    def over_budget(self, owner: str, relay: Relay) -> bool:
-        budget = self.proxy.tokens
-        try:
-            _, remaining = budget.strategy.get_window_stats(budget.item, budget.namespace, owner)
-        except Exception:
-            return False
-        return relay.completion + relay.prompt_estimate > remaining
+    async def over_budget(self, owner: str, relay: Relay) -> bool:
+        """Whether the answer's tokens so far pass what its key has left. The limiter's
+        storage is synchronous (Redis, for a shared budget): asked off the event loop, at most
+        once per key every few seconds whatever the number of its answers."""
+        now = time.monotonic()
+        cached = self._budgets.get(owner)
+        if cached is None or now - cached[0] >= _BUDGET_EVERY:
+            budget = self.proxy.tokens
+            stats = budget.strategy.get_window_stats
+            try:
+                if self.runtime.redis is None:  # in memory: no I/O (and not thread-safe)
+                    _, remaining = stats(budget.item, budget.namespace, owner)
+                else:
+                    _, remaining = await asyncio.to_thread(
+                        stats, budget.item, budget.namespace, owner
+                    )
+            except Exception:  # the budget's storage is out: not a reason to stop an answer
+                return False
+            cached = (now, remaining)
+            self._budgets[owner] = cached
+            if len(self._budgets) > 10_000:
+                self._budgets.clear()
+        return relay.completion + relay.prompt_estimate > cached[1]
 
     def ended(self, generation: Generation, kept: int) -> None:
         self.running.pop(generation.id, None)
         self.left_at.pop(generation.id, None)
-        if kept:
+        if kept:  # (counted as they were recorded; kept until the retention ends)
             gauge = ANSWER_BYTES.labels(self.service)
-            gauge.inc(kept)
             loop = asyncio.get_running_loop()
             loop.call_later(self.settings.chat_resume_retention, gauge.dec, kept)
 
-    async def begin(self, request: Request, relay: Relay, started: Started) -> str:
-        """Record a new answer and start generating it; its id."""
+    async def begin(
+        self, request: Request, relay: Relay, started: Started, slot: Slot | None
+    ) -> str:
+        """Record a new answer and start generating it (holding ``slot``); its id."""
         answer_id = "ans_" + secrets.token_urlsafe(18)
         owner = caller_key(request)
         try:
@@ -404,8 +472,10 @@ class Answers:
             await started.response.close()
             if relay.lease is not None:
                 relay.lease.release()
+            if slot is not None:
+                slot.release()
             raise
-        generation = Generation(self, answer_id, relay, started, owner)
+        generation = Generation(self, answer_id, relay, started, owner, slot)
         self.running[answer_id] = generation
         self.local.open(answer_id)
         generation.task = asyncio.get_running_loop().create_task(generation.run())
@@ -426,7 +496,9 @@ class Answers:
     def after_of(self, request: Request, info: AnswerInfo) -> int | None:
         """The event to resume after (``?after=`` or ``Last-Event-ID``); None when the
         reader has it all (the end included)."""
-        raw = request.query_params.get("after") or request.headers.get("last-event-id")
+        # Last-Event-ID first: an EventSource opened on ?after=n reconnects to the same URL
+        # with the id it saw last, which is where it is now.
+        raw = request.headers.get("last-event-id") or request.query_params.get("after")
         if raw is None:
             return 0
         if not _NUMBER.match(raw):
@@ -454,14 +526,21 @@ class Answers:
         answer_id: str,
         after: int,
         headers: dict[str, str] | None = None,
+        *,
+        knows_resume: bool = True,
     ) -> StreamResponse:
-        """A reader of the answer from event ``after`` on: drained with a reconnect hint (it
-        resumes elsewhere), the generation going on where it runs."""
+        """A reader of the answer from event ``after`` on. On drain, one that can resume
+        elsewhere (the store is shared, and the client asked for resume or reads the resume
+        path) gets a reconnect hint while the generation goes on where it runs; any other
+        (embedded mode: no other worker has the answer; an SDK made resumable by the route's
+        default, which would take the hint's clean close for the answer's end) may finish
+        within the window, as a plain chat stream."""
+        shared = isinstance(self.store, RedisAnswers)
         return ticket.response(
             self._read(answer_id, after),
             StreamFormat.SSE,
             headers={RESUME_HEADER: resume_path(answer_id), **(headers or {})},
-            drain="reconnect",
+            drain="reconnect" if shared and knows_resume else "finish",
         )
 
     def resumed(self) -> None:
@@ -475,17 +554,28 @@ class Answers:
         local = answer_id in self.local  # generated here: read from memory
         events = self.local.read(answer_id, after) if local else self.store.events(answer_id, after)
         silence = self.settings.upstream_read_timeout * 2 + _CHECK_EVERY
+        position = after
         try:
             while True:
                 try:
                     async with asyncio.timeout(silence):
                         number, frame = await anext(events)
                 except StopAsyncIteration:
-                    return
+                    break
+                except FellBehind:  # (a reader too slow for the follower's queue)
+                    await events.aclose()
+                    events = self.store.events(answer_id, position)
+                    continue
                 except TimeoutError:
                     yield _stopped("answer_lost", "the answer stopped coming", False)
                     return
-                yield b"id: %d\n" % number + frame
+                position = number
+                yield with_id(number, frame)
+            # Ended: with the answer's end, or short of it (the writer died first, or the
+            # answer was deleted under the reader): then an end of the reader's own.
+            info = await self.store.info(answer_id)
+            if info is None or not info.ended or position < info.last:
+                yield _stopped("answer_lost", "the answer stopped coming", False)
         finally:
             await events.aclose()
             self.local_readers[answer_id] -= 1

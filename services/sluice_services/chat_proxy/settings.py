@@ -60,6 +60,9 @@ class ChatSettings(CoreSettings):
     chat_resume_max_age: float = Field(
         900.0, gt=0, le=86400, description="A resumable answer still running this long is stopped."
     )
+    chat_resume_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="A resumable answer past this many bytes is stopped."
+    )
     chat_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
     chat_token_limit: str = Field(
         "1000000/hour", description="Tokens (prompt + completion) per key per window."
