@@ -17,10 +17,12 @@ on a shared machine hits every path alike:
 
 ``--fleet N`` (default 1) starts N mock upstreams (2 workers each) on 127.0.0.1 to
 127.0.0.N at one port, and chat-proxy gets a fleet file (SLUICE_UPSTREAMS_FILE) of all N,
-balanced with p2c: what the balancer, the endpoints and their pools cost per stream. Direct
-and the bare forwarder keep targeting the first mock (a pass-through has no fleet), so
-"CPU vs bare" is then the fleet's chat-proxy over one plain forward. With 1, chat-proxy
-gets the one mock as SLUICE_UPSTREAM_BASE_URL, no fleet file.
+balanced with p2c: what the balancer, the endpoints and their pools cost per stream. The
+bare forwarder then sends each request to the next mock (round robin), so both proxies read
+from upstreams loaded alike (a less loaded mock sends more, smaller chunks: more reads for
+any proxy; measured with the bare forwarder on the first mock only, that alone made the
+fleet look 10-20% dearer); direct stays on the first mock. With 1, chat-proxy gets the one
+mock as SLUICE_UPSTREAM_BASE_URL, no fleet file.
 
 ``--resumable`` gives chat-proxy a Redis (as make run does) and adds a path: the same
 chat-proxy asked for resumable answers (``X-Sluice-Resumable: 1``): each event recorded in a
@@ -258,7 +260,13 @@ def main() -> None:
         bare_port = free_port()
         bare = start(
             "bare-forwarder",
-            [sys.executable, "-m", "benchmarks.bare_forwarder", str(bare_port), upstream],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bare_forwarder",
+                str(bare_port),
+                *(f"{m.url}/v1" for m in mocks),  # (one, or the fleet's, round robin)
+            ],
             logs,
         )
         bare.port = bare_port
@@ -309,7 +317,8 @@ def main() -> None:
     if args.fleet > 1:
         print(
             f"chat-proxy: a fleet of {args.fleet} mock upstreams (127.0.0.1-{args.fleet}, "
-            "2 workers each, p2c); direct and the bare forwarder: the first mock only"
+            "2 workers each, p2c); the bare forwarder: the same mocks, round robin; direct: the "
+            "first mock"
         )
     print(
         f"{args.tokens} tokens per stream, {args.delay * 1000:.0f} ms apart; "

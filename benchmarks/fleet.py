@@ -58,6 +58,7 @@ KEY = "sk-bench-fleet-0000000000000000"
 CONTENT = b'"content":"'
 EMPTY = b'"content":""'  # the role delta: no token yet
 QUIET = {"SLUICE_LOG_LEVEL": "WARNING"}
+UNLIMITED = {"SLUICE_RATE_LIMIT": "1000000/minute", "SLUICE_MAX_STREAMS_PER_KEY": "100000"}
 LIMITS = {  # per-key limits out of the way, as in benchmarks/chat_proxy.py
     "SLUICE_API_KEYS": KEY,
     "SLUICE_RATE_LIMIT": "1000000/minute",
@@ -93,7 +94,9 @@ def start_mocks(
     mocks: list[Proc] = []
     try:
         for n, fault in enumerate(faults):
-            mock_env = {**QUIET, **(env or {}), "SLUICE_DEV_MOCK_FAULT": fault}
+            # Unlimited: chat-proxy is one caller of each mock, and a mock's own default
+            # limits (120 requests a minute, 20 streams) would be what the run measures.
+            mock_env = {**QUIET, **UNLIMITED, **(env or {}), "SLUICE_DEV_MOCK_FAULT": fault}
             host = f"127.0.0.{n + 1}"
             mocks.append(
                 start_service("mock-upstream", logs, mock_env, workers, host=host, port=port)
