@@ -7,7 +7,8 @@ is fanned out: one task per process follows every stream that has readers, in on
 ``XREAD``, and puts each entry into each reader's queue. A reader is attached before its
 replay, so nothing added between the two is missed; what the replay already gave is skipped.
 
-A reader that falls behind by ``queue_size`` entries is told so (:class:`FellBehind`): it
+Each entry is decoded once for every live reader of the process (``decode``), not once a
+reader. A reader that falls behind by ``queue_size`` entries is told so (:class:`FellBehind`): it
 resumes from its last position, like any reconnect.
 """
 
@@ -17,14 +18,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 
 log = logging.getLogger("sluice.stream_follower")
 
 Fields = dict[bytes, bytes]
-Entry = tuple[str, Fields]  # (the entry's id, as ``ms-seq``, its fields)
-_Queue = asyncio.Queue[Entry | None]
+T = TypeVar("T")
 
 _PAGE = 500
 
@@ -39,14 +40,22 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-class StreamFollower:
-    """Every reader of this process, of any stream, and the one task that reads for them."""
+class StreamFollower(Generic[T]):
+    """Every reader of this process, of any stream, and the one task that reads for them.
+    ``decode(entry_id, fields)`` makes an entry what readers get."""
 
-    def __init__(self, redis: Redis, queue_size: int = 10_000, block_ms: int = 250) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        decode: Callable[[str, Fields], T],
+        queue_size: int = 10_000,
+        block_ms: int = 250,
+    ) -> None:
         self.redis = redis
+        self.decode = decode
         self.queue_size = queue_size
         self.block_ms = block_ms  # short: streams followed since are picked up quickly
-        self._queues: dict[str, set[_Queue]] = {}
+        self._queues: dict[str, set[asyncio.Queue[tuple[str, T] | None]]] = {}
         self._positions: dict[str, str] = {}
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -64,11 +73,12 @@ class StreamFollower:
         return len(self._queues.get(key, ()))
 
     async def entries(
-        self, key: str, after: str, final: Callable[[Fields], bool]
-    ) -> AsyncGenerator[Entry, None]:
+        self, key: str, after: str, final: Callable[[T], bool]
+    ) -> AsyncGenerator[tuple[str, T], None]:
         """Every entry of stream ``key`` after id ``after`` (``0-0``: from the start), then
-        each new one, up to and including the first that ``final`` says ends it."""
-        queue: _Queue = asyncio.Queue(maxsize=self.queue_size)
+        each new one, up to and including the first that ``final`` says ends it: each as
+        ``(its id, decoded)``."""
+        queue: asyncio.Queue[tuple[str, T] | None] = asyncio.Queue(maxsize=self.queue_size)
         await self._attach(key, queue)  # before the replay: nothing falls in between
         self._readers += 1
         try:
@@ -77,8 +87,9 @@ class StreamFollower:
                 page = await self.redis.xrange(key, min=f"({last}", count=_PAGE)
                 for raw_id, fields in page:
                     last = raw_id.decode()
-                    yield last, fields
-                    if final(fields):
+                    value = self.decode(last, fields)
+                    yield last, value
+                    if final(value):
                         return
                 if len(page) < _PAGE:
                     break
@@ -86,18 +97,18 @@ class StreamFollower:
                 item = await queue.get()
                 if item is None:
                     raise FellBehind("reader fell behind; reconnect to resume")
-                position, fields = item
+                position, value = item
                 if id_key(position) <= id_key(last):
                     continue
                 last = position
-                yield position, fields
-                if final(fields):
+                yield position, value
+                if final(value):
                     return
         finally:
             self._readers -= 1
             self._detach(key, queue)
 
-    async def _attach(self, key: str, queue: _Queue) -> None:
+    async def _attach(self, key: str, queue: asyncio.Queue[tuple[str, T] | None]) -> None:
         # Serialised: two first readers of one stream must not both create its queue set
         # (the second would drop the first's queue, which then never hears a live entry).
         async with self._attaching:
@@ -110,7 +121,7 @@ class StreamFollower:
             self._reader = asyncio.get_running_loop().create_task(self._read())
         self._wake.set()
 
-    def _detach(self, key: str, queue: _Queue) -> None:
+    def _detach(self, key: str, queue: asyncio.Queue[tuple[str, T] | None]) -> None:
         queues = self._queues.get(key)
         if queues is not None:
             queues.discard(queue)
@@ -147,9 +158,12 @@ class StreamFollower:
                     position = raw_id.decode()
                     if key in self._positions:
                         self._positions[key] = position
-                    for queue in list(queues or ()):
+                    if not queues:
+                        continue
+                    value = self.decode(position, fields)  # once, for every reader here
+                    for queue in list(queues):
                         try:
-                            queue.put_nowait((position, fields))
+                            queue.put_nowait((position, value))
                         except asyncio.QueueFull:  # a stuck reader: it resumes later
                             # Nothing more for it, and nothing it has not read yet either:
                             # were the oldest dropped for the marker, it would read on past

@@ -16,6 +16,10 @@ from tests.support.procs import Proc
 pytestmark = pytest.mark.anyio
 
 
+def keep(entry_id: str, fields: Fields) -> Fields:
+    return fields
+
+
 def ends(fields: Fields) -> bool:
     return fields.get(b"end") == b"1"
 
@@ -35,7 +39,7 @@ async def test_readers_get_the_replay_then_every_new_entry_once_in_order(
     redis_server: Proc,
 ) -> None:
     redis = await client(redis_server)
-    follower = StreamFollower(redis)
+    follower = StreamFollower(redis, keep)
     key = f"test:follower:{time.time_ns()}"
     try:
         for n in range(1, 51):  # written before any reader: the replay
@@ -63,7 +67,7 @@ async def test_readers_get_the_replay_then_every_new_entry_once_in_order(
 
 async def test_one_xread_serves_every_stream_of_the_process(redis_server: Proc) -> None:
     redis = await client(redis_server)
-    follower = StreamFollower(redis)
+    follower = StreamFollower(redis, keep)
     keys = [f"test:follower:many:{time.time_ns()}:{i}" for i in range(30)]
     calls = in_flight = most_in_flight = 0
     xread = redis.xread
@@ -102,7 +106,7 @@ async def test_a_reader_that_falls_behind_is_told_and_resumes_from_its_position(
     redis_server: Proc,
 ) -> None:
     redis = await client(redis_server)
-    follower = StreamFollower(redis, queue_size=10)
+    follower = StreamFollower(redis, keep, queue_size=10)
     key = f"test:follower:slow:{time.time_ns()}"
     try:
         entries = follower.entries(key, "0-0", ends)
@@ -138,7 +142,7 @@ async def test_a_reader_just_past_its_queue_never_reads_across_a_gap(
     """A queue of 10 overflowing by one or a few: the reader is told before it reads on
     past a dropped entry (it once lost the entry after the ones it had queued)."""
     redis = await client(redis_server)
-    follower = StreamFollower(redis, queue_size=10)
+    follower = StreamFollower(redis, keep, queue_size=10)
     key = f"test:follower:gap:{time.time_ns()}:{written}"
     try:
         entries = follower.entries(key, "0-0", ends)
@@ -157,6 +161,34 @@ async def test_a_reader_just_past_its_queue_never_reads_across_a_gap(
         with pytest.raises(FellBehind):
             await keep_reading()
         assert got == list(range(1, len(got) + 1))  # what it got has no gap
+    finally:
+        await follower.close()
+        await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_a_live_entry_is_decoded_once_for_every_reader_of_the_process(
+    redis_server: Proc,
+) -> None:
+    redis = await client(redis_server)
+    decoded: list[str] = []
+
+    def counting(entry_id: str, fields: Fields) -> Fields:
+        decoded.append(entry_id)
+        return fields
+
+    follower = StreamFollower(redis, counting)
+    key = f"test:follower:decode:{time.time_ns()}"
+    try:
+        readers = [
+            asyncio.ensure_future(read_all(follower.entries(key, "0-0", ends))) for _ in range(50)
+        ]
+        await asyncio.sleep(0.3)  # all attached, nothing to replay: every entry comes live
+        for n in range(1, 21):
+            await redis.xadd(key, {"n": str(n), **({"end": "1"} if n == 20 else {})}, id=f"0-{n}")
+        got = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert got == [list(range(1, 21))] * 50
+        assert len(decoded) == 20  # not 50 x 20
     finally:
         await follower.close()
         await redis.delete(key)

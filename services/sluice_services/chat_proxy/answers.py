@@ -79,8 +79,12 @@ class AnswerStore(Protocol):
     async def close(self) -> None: ...
 
 
-def _final(fields: Fields) -> bool:
-    return b"end" in fields
+def _decode(entry_id: str, fields: Fields) -> Event:
+    return int(entry_id.partition("-")[2]), fields[b"f"], b"end" in fields
+
+
+def _final(event: Event) -> bool:
+    return event[2]
 
 
 class RedisAnswers:
@@ -92,7 +96,7 @@ class RedisAnswers:
         self.retention = retention
         self.max_age = max_age
         self.hold = hold  # how long a reader's "reading" mark lasts
-        self.follower = StreamFollower(redis)
+        self.follower = StreamFollower(redis, _decode)
 
     def meta_key(self, answer_id: str) -> str:
         return f"{self.prefix}:{answer_id}"
@@ -162,8 +166,8 @@ class RedisAnswers:
     async def events(self, answer_id: str, after: int) -> AsyncGenerator[tuple[int, bytes], None]:
         entries = self.follower.entries(self.events_key(answer_id), f"0-{after}", _final)
         try:
-            async for entry_id, fields in entries:
-                yield int(entry_id.partition("-")[2]), fields[b"f"]
+            async for _, (number, frame, _end) in entries:
+                yield number, frame
         finally:
             await entries.aclose()
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from sluice.stream_follower import FellBehind, Fields, StreamFollower
 from sluice_services.progress import redis_scripts
-from sluice_services.progress.model import FINAL_EVENTS, Job, JobEvent
+from sluice_services.progress.model import Job, JobEvent
 from sluice_services.progress.store import (
     Fenced,
     Renewal,
@@ -44,8 +44,8 @@ def _stream_id(event_id: str) -> str:
     return f"0-{event_id}"
 
 
-def _final(fields: Fields) -> bool:
-    return fields[b"type"].decode() in FINAL_EVENTS
+def _final(event: JobEvent) -> bool:
+    return event.final
 
 
 def _event(entry_id: str, fields: Fields) -> JobEvent:
@@ -77,7 +77,7 @@ class RedisStore:
         self._cancel_queued = redis.register_script(redis_scripts.CANCEL_QUEUED)
         self._expired = redis.register_script(redis_scripts.EXPIRED)
         self._reap = redis.register_script(redis_scripts.REAP)
-        self.follower = StreamFollower(redis)  # one XREAD for every subscriber here
+        self.follower = StreamFollower(redis, _event)  # one XREAD (and decode) for all here
         self._subscribers = 0
 
     @property
@@ -256,8 +256,8 @@ class RedisStore:
         )
         self._subscribers += 1
         try:
-            async for entry_id, fields in entries:
-                yield _event(entry_id, fields)
+            async for _, event in entries:
+                yield event
         except FellBehind:
             raise RuntimeError("subscriber fell behind; reconnect to resume") from None
         finally:
