@@ -36,6 +36,9 @@ SERVICES = (
     "grafana",
 )
 
+# Where pin_names' block starts in a container's hosts file (replaced whole each time).
+PINNED_MARK = "# sluice test harness: single-container services (aardvark-dns #389)\n"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -128,9 +131,43 @@ class Stack:
                 wanted = list(names) if names is not None else self.containers()
                 status = health(self.engine, wanted)
                 if wanted and all(status.get(n) in ("healthy", "none") for n in wanted):
+                    self.pin_names()
                     return
                 time.sleep(1)
         raise TimeoutError(f"not healthy after {timeout:.0f} s: {status}\n{self.logs(80)}")
+
+    def pin_names(self) -> None:
+        """Each service that runs as one container, by name in every container's /etc/hosts
+        (podman only). podman 4.3's DNS (aardvark-dns 1.4) tears its sockets down and sets
+        them up again whenever a container joins or leaves the network (aardvark-dns #389),
+        and a query lost then costs glibc 5 s, past every connect timeout: seen as seconds
+        of "redis failed: TimeoutError" on a live replica while the other one stopped. The
+        engine's DNS is not what these tests test; a scaled service's names (2 replicas,
+        which come and go) still go through it, and Docker's own DNS needs none of this."""
+        if self.engine.kind != "podman":
+            return
+        names = self.containers()
+        out = self.engine.command(
+            "inspect",
+            "--format",
+            '{{.Name}} {{.State.Status}} {{index .Config.Labels "com.docker.compose.service"}} '
+            "{{.HostsPath}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            *names,
+            check=False,
+        )
+        running = [line.split() for line in out.splitlines() if " running " in line]
+        rows = [parts for parts in running if len(parts) >= 5]
+        by_service: dict[str, list[str]] = {}
+        for parts in rows:
+            by_service.setdefault(parts[2], []).append(parts[4])
+        pinned = sorted((ip[0], name) for name, ip in by_service.items() if len(ip) == 1)
+        block = "".join(f"{ip}\t{name}\n" for ip, name in pinned)
+        for parts in rows:
+            hosts = Path(parts[3])
+            if not hosts.is_file():  # not a local engine's file (a remote podman): DNS alone
+                continue
+            kept = hosts.read_text().split(PINNED_MARK, 1)[0]
+            hosts.write_text(f"{kept.rstrip()}\n{PINNED_MARK}{block}")
 
     def health_now(self) -> dict[str, str]:
         """Run every healthcheck once (podman) and report."""

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sluice.drain import DrainPolicy
-from sluice.errors import ApiError
+from sluice.errors import ApiError, redis_failed
 from sluice.events import Event
 from sluice.formats import StreamFormat, encode
 from sluice.streaming import STREAM_HEADERS, EndCallback, StreamResponse, reconnect_hint
@@ -89,7 +89,7 @@ class RefusedForNow(ApiError):
         super().__init__(
             refusal.status, refusal.type, refusal.message, refusal.headers, None, refusal.fields
         )
-        self.reason = reason  # the hint's: drain, server_full
+        self.reason = reason  # the hint's: drain, server_full, unavailable
         self.retry_ms = retry_ms
         self.event_source = event_source
         self.renewal = dict(renewal or {})  # the stream-token cookie, for that reconnect
@@ -102,6 +102,16 @@ class RefusedForNow(ApiError):
             media_type="text/event-stream",
             headers={**STREAM_HEADERS, **self.renewal},
         )
+
+
+async def redis_refusal(request: Request, exc: Exception) -> Response:
+    """A request Redis failed (a stream's cap lease, a job's state): 503 ``unavailable``
+    with ``Retry-After``, which a client retries; a browser's EventSource, which would give
+    up for good on that 503, gets a reconnect hint instead, as for a drain."""
+    refusal = redis_failed(exc)
+    retry_ms = request.app.state.runtime.settings.reconnect_retry_ms
+    retry_ms = max(retry_ms, 1000) + random.randint(0, 1000)  # a crowd does not come back at once
+    return _refused_for_now(request, refusal, "unavailable", retry_ms).response()
 
 
 def _event_source(request: Request) -> bool:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from slowapi.errors import RateLimitExceeded
 from starlette.responses import JSONResponse, Response
 
+from sluice.admission import redis_refusal
 from sluice.auth import stream_token_router
 from sluice.drain import SignalDrain
 from sluice.errors import error_response, install_error_handlers
@@ -111,7 +112,7 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.limiter = runtime.rates.limiter
-    install_error_handlers(app)
+    install_error_handlers(app, redis_refusal)
     app.add_exception_handler(RateLimitExceeded, runtime.rates.exceeded)
 
     @app.get("/healthz", include_in_schema=False)

@@ -5,7 +5,7 @@ on every route (``code`` is the type unless the error names a more precise one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -122,9 +122,11 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error", headers)
 
 
-async def _redis_error(_: Request, exc: Exception) -> Response:
+def redis_failed(exc: Exception) -> ApiError:
+    """What a request that Redis failed answers: 503 ``unavailable``, ``Retry-After: 1``
+    (see :func:`sluice.admission.redis_refusal`, which answers a browser's stream)."""
     log.warning("redis failed: %s", type(exc).__name__)
-    return error_response(
+    return ApiError(
         503,
         "unavailable",
         f"Redis, where limits and shared state live, failed: {type(exc).__name__}",
@@ -132,9 +134,12 @@ async def _redis_error(_: Request, exc: Exception) -> Response:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, redis_error: Callable[[Request, Exception], Awaitable[Response]]
+) -> None:
+    """Every failure in one JSON shape; a Redis failure through ``redis_error``."""
+    app.add_exception_handler(RedisError, redis_error)
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

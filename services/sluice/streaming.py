@@ -335,5 +335,6 @@ async def _close(events: AsyncIterator[Event | bytes]) -> None:
 
 def reconnect_hint(retry_ms: int, reason: str = "drain") -> Event:
     """ "Come back in ``retry_ms``": a drained stream's last event, or the whole answer an
-    EventSource gets when its stream is refused for now (``reason``: drain, server_full)."""
+    EventSource gets when its stream is refused for now (``reason``: drain, server_full,
+    unavailable)."""
     return Event(data={"reason": reason, "retry_ms": retry_ms}, event="reconnect", retry=retry_ms)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 from deploy.containers.engine import run
-from deploy.containers.stack import COMPOSE_FILE, Stack, stage
+from deploy.containers.stack import COMPOSE_FILE, PINNED_MARK, Stack, stage
 
 from tests.containers.conftest import FIGURES
 
@@ -24,6 +24,27 @@ def test_every_container_is_healthy(stack: Stack) -> None:
     status = stack.health_now()
     assert set(status.values()) <= {"healthy", "none"}, status
     assert len(status) == len(stack.services), status  # one container a service, all up
+
+
+def test_single_container_services_resolve_from_hosts_not_dns(stack: Stack) -> None:
+    """The harness's bridge for podman's DNS (Stack.pin_names): every service that runs as
+    one container is in each container's /etc/hosts, at the address the engine gave it, so
+    a query aardvark-dns drops while a container joins or leaves cannot fail a request."""
+    if stack.engine.kind != "podman":
+        pytest.skip("Docker's DNS needs no bridge")
+    (chat_proxy,) = stack.containers("chat-proxy")
+    hosts = stack.engine.command("exec", chat_proxy, "cat", "/etc/hosts")
+    pinned = dict(line.split()[::-1] for line in hosts.split(PINNED_MARK, 1)[1].splitlines())
+    for service in ("redis", "mock-upstream", "progress"):
+        (name,) = stack.containers(service)
+        ip = stack.engine.command(
+            "inspect", name, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        ).strip()
+        assert pinned.get(service) == ip, (service, ip, hosts)
+    resolved = stack.engine.command(
+        "exec", chat_proxy, "python", "-c", "import socket; print(socket.gethostbyname('redis'))"
+    ).strip()
+    assert resolved == pinned["redis"]
 
 
 def test_smoke_sh_passes_every_readme_example(stack: Stack) -> None:

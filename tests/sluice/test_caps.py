@@ -196,3 +196,42 @@ async def test_regression_a_hung_redis_held_a_new_stream_in_its_cap_lease_foreve
     assert result.status == 503
     assert json.loads(result.body)["error"]["type"] == "unavailable"
     assert took < 3
+
+
+async def test_a_browsers_stream_that_redis_fails_to_open_gets_a_reconnect_hint_not_a_503() -> None:
+    # An EventSource gives up for good on a 503: a Redis that fails (here: refuses) while its
+    # stream's cap lease is taken answers it as a drain does, with a hint to come back.
+    def build(runtime: Runtime[CoreSettings]) -> APIRouter:
+        router = APIRouter()
+
+        @router.get("/unlimited", response_class=StreamResponse)
+        async def unlimited(request: Request) -> StreamResponse:
+            return await stream(request, one_event(), StreamFormat.SSE)
+
+        return router
+
+    async def one_event() -> AsyncIterator[Event]:
+        yield Event(data="x")
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections refused
+        url = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        settings = CoreSettings(service_name="test", redis_url=url, redis_timeout=0.5)
+        app = create_app(settings, title="t", routers=[build], public_routes=["/unlimited"])
+        async with asgi.lifespan(app):
+            browser = await asgi.request(
+                app, "/unlimited", headers=[("accept", "text/event-stream")], timeout=10
+            )
+            client = await asgi.request(app, "/unlimited", timeout=10)
+    assert browser.status == 200
+    assert browser.headers["content-type"].startswith("text/event-stream")
+    (frame,) = [f for f in browser.text.split("\n\n") if f]
+    lines = dict(line.split(": ", 1) for line in frame.splitlines())
+    assert lines["event"] == "reconnect"
+    hint = json.loads(lines["data"])
+    assert hint["reason"] == "unavailable"
+    assert 1000 <= hint["retry_ms"] <= 2000 + settings.reconnect_retry_ms
+    assert lines["retry"] == str(hint["retry_ms"])
+    assert client.status == 503  # an API client is told, and retries after Retry-After
+    assert client.headers["retry-after"] == "1"
+    assert json.loads(client.body)["error"]["type"] == "unavailable"
