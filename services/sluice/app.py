@@ -16,6 +16,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Depends, FastAPI
 from slowapi.errors import RateLimitExceeded
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sluice.admission import redis_refusal
 from sluice.auth import stream_token_router
@@ -24,7 +25,7 @@ from sluice.errors import error_response, install_error_handlers
 from sluice.handoff import Siblings
 from sluice.logs import configure_logging
 from sluice.metrics import render
-from sluice.request_context import RequestContextMiddleware
+from sluice.request_context import BODY_SEND, RequestContextMiddleware
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
 
@@ -41,6 +42,31 @@ S = TypeVar("S", bound=CoreSettings)
 RouterFactory = Callable[[Runtime[S]], APIRouter]
 """Builds a service's routes with the runtime (its limiter decorators need it), typed with
 the service's settings: ``def build_router(runtime: Runtime[MySettings]) -> APIRouter``."""
+
+
+class SluiceApp(FastAPI):
+    """FastAPI, but a stream's body chunks go from the route straight to the server.
+
+    Starlette puts its error middleware outside every middleware of the app, and it wraps
+    each message sent only to learn whether the response started. When the core's request
+    middleware is the outermost of the app's own (nothing was added after ``create_app``),
+    the server's ``send`` is published as the body send (``request_context.body_send``):
+    the response start still goes through every layer, the error middleware's included."""
+
+    _bodies_to_server = False
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        first = self.user_middleware[0].cls if self.user_middleware else None
+        self._bodies_to_server = first is RequestContextMiddleware
+        return stack
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        if self._bodies_to_server and scope["type"] == "http":
+            scope[BODY_SEND] = send  # (RequestContextMiddleware takes it out at the end)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -96,7 +122,7 @@ def create_app(
                 await signal_drain.finished(settings.drain_window + 5)
                 signal_drain.uninstall()
 
-    app = FastAPI(
+    app = SluiceApp(
         title=title,
         lifespan=lifespan,
         docs_url="/docs",
