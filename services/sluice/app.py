@@ -57,7 +57,7 @@ class SluiceApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        first = self.user_middleware[0].cls if self.user_middleware else None
+        first: object = self.user_middleware[0].cls if self.user_middleware else None
         self._bodies_to_server = first is RequestContextMiddleware
         return stack
 
