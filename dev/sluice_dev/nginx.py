@@ -141,6 +141,7 @@ def write(
         "SLUICE_NGINX_PREFIX": str(prefix),
         "SLUICE_NGINX_LISTEN": listen,
         "SLUICE_NGINX_ACCESS_LOG": access_log or str(prefix / "access.log"),
+        "SLUICE_CONSOLE_ROOT": str((nginx_dir / "console").resolve()),
     }
     for name, address in addresses.items():
         values["SLUICE_" + name.upper().replace("-", "_") + "_ADDR"] = address

@@ -47,6 +47,16 @@ def test_single_container_services_resolve_from_hosts_not_dns(stack: Stack) -> N
     assert resolved == pinned["redis"]
 
 
+def test_the_console_is_served_by_the_nginx_container(stack: Stack) -> None:
+    page = httpx.get(f"{stack.base}/console/", timeout=10)
+    assert page.status_code == 200, page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    for name in ("console.js", "console.css"):
+        served = httpx.get(f"{stack.base}/console/{name}", timeout=10)
+        assert served.status_code == 200
+        assert served.content == (COMPOSE_FILE.parent / "nginx" / "console" / name).read_bytes()
+
+
 def test_smoke_sh_passes_every_readme_example(stack: Stack) -> None:
     started = time.monotonic()
     out = stack.smoke()

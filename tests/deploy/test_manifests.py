@@ -161,6 +161,30 @@ def test_nginx_configmap_is_the_make_run_template(rendered: list[dict[str, Any]]
     assert placeholders <= given
 
 
+def test_nginx_serves_the_consoles_files_from_a_configmap_of_the_tree(
+    rendered: list[dict[str, Any]],
+) -> None:
+    (configmap,) = [
+        d
+        for d in rendered
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("nginx-console")
+    ]
+    folder = ROOT / "nginx" / "console"
+    assert configmap["data"] == {f.name: f.read_text() for f in sorted(folder.iterdir())}
+    nginx = next(
+        d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "nginx"
+    )
+    spec = nginx["spec"]["template"]["spec"]
+    assert {"name": "console", "configMap": {"name": configmap["metadata"]["name"]}} in spec[
+        "volumes"
+    ]
+    (container,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["console"]["mountPath"] == env["SLUICE_CONSOLE_ROOT"]
+    assert mounts["console"]["readOnly"] is True
+
+
 def test_network_policies_cover_every_workload(rendered: list[dict[str, Any]]) -> None:
     policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
     assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)

@@ -1,0 +1,306 @@
+// The Sluice console: one page, served by nginx as static files (no build step, nothing
+// from another origin: see the Content-Security-Policy in nginx/templates/).
+//
+// The API key lives in this module's memory only: never in storage, a URL, a cookie the
+// page can read, or a log. Every call goes through the same front door, auth, limits and
+// metrics as any other client. Model output is only ever added as text, never as markup.
+
+const MAX_EVENT_CHARS = 1 << 20; // an event longer than this is refused, not buffered
+const RESUME_TRIES = 5;
+
+const state = { key: null, answer: null };
+const $ = (id) => document.getElementById(id);
+
+class ApiFailure extends Error {}
+
+function requestId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  headers.set("Authorization", "Bearer " + state.key);
+  return fetch(path, {
+    ...options,
+    headers,
+    credentials: "same-origin",
+    cache: "no-store",
+    redirect: "error",
+  });
+}
+
+// What a failed answer says: the services' JSON error ({"error": {"message", "code"}}),
+// else its status.
+async function failureOf(response) {
+  let text = "";
+  try {
+    text = await response.text();
+    const error = JSON.parse(text).error;
+    if (error && typeof error.message === "string") {
+      return new ApiFailure(`${response.status} ${error.code || error.type || ""}: ${error.message}`);
+    }
+  } catch {
+    // not JSON: the status says it
+  }
+  return new ApiFailure(`${response.status} ${response.statusText || text.slice(0, 200)}`);
+}
+
+function describe(error) {
+  if (error && typeof error === "object") {
+    const code = error.code || error.type || "error";
+    return `${code}: ${error.message || "the stream failed"}`;
+  }
+  return String(error);
+}
+
+// -- pages ---------------------------------------------------------------------------
+
+const PAGES = ["chat"];
+
+function show() {
+  const wanted = location.hash.slice(1);
+  const page = state.key === null ? "sign-in" : PAGES.includes(wanted) ? wanted : PAGES[0];
+  for (const id of ["sign-in", ...PAGES]) $(id).hidden = id !== page;
+  $("nav").hidden = $("sign-out").hidden = state.key === null;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const focus = page === "sign-in" ? $("key") : page === "chat" ? $("prompt") : null;
+  if (focus) focus.focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("key");
+  const key = input.value.trim();
+  input.value = "";
+  $("sign-in-error").textContent = "";
+  state.key = key;
+  try {
+    const response = await api("/v1/models");
+    if (!response.ok) throw await failureOf(response);
+    const listed = await response.json();
+    const models = $("models");
+    models.replaceChildren(
+      ...(listed.data || []).map((model) => {
+        const option = document.createElement("option");
+        option.value = model.id;
+        return option;
+      }),
+    );
+    if (!$("model").value && listed.data && listed.data.length) $("model").value = listed.data[0].id;
+  } catch (error) {
+    state.key = null;
+    $("sign-in-error").textContent = `Sign-in failed: ${error.message}`;
+  }
+  show();
+}
+
+function signOut() {
+  stop();
+  state.key = null;
+  $("models").replaceChildren();
+  $("model").value = "";
+  $("answer").textContent = "";
+  $("chat-error").textContent = "";
+  show();
+}
+
+// -- server-sent events over fetch ----------------------------------------------------
+
+async function* sseEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const event = { event: "message", data: [], id: null };
+        for (const line of block.split("\n")) {
+          if (!line || line.startsWith(":")) continue; // comments: the proxy's pings
+          const colon = line.indexOf(":");
+          const name = colon < 0 ? line : line.slice(0, colon);
+          let value = colon < 0 ? "" : line.slice(colon + 1);
+          if (value.startsWith(" ")) value = value.slice(1);
+          if (name === "data") event.data.push(value);
+          else if (name === "event") event.event = value;
+          else if (name === "id") event.id = value;
+        }
+        if (event.data.length || event.id !== null) yield { ...event, data: event.data.join("\n") };
+      }
+      if (buffer.length > MAX_EVENT_CHARS) throw new ApiFailure("an event is too large");
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// -- chat -------------------------------------------------------------------------------
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showStats(answer) {
+  const now = performance.now();
+  $("tokens").textContent = String(answer.tokens);
+  $("ttft").textContent = answer.first === null ? "–" : `${Math.round(answer.first - answer.started)} ms`;
+  const seconds = answer.first === null ? 0 : (now - answer.first) / 1000;
+  $("rate").textContent = seconds > 0.05 ? (answer.tokens / seconds).toFixed(1) : "–";
+}
+
+// Reads one response of an answer: true when it ended ([DONE]); false when the connection
+// ended first (the caller resumes it, when it can). An error event throws.
+async function readAnswer(response, answer) {
+  try {
+    for await (const event of sseEvents(response.body)) {
+      if (event.id !== null) answer.lastId = event.id;
+      if (event.data === "[DONE]") return true;
+      if (!event.data) continue;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        throw new ApiFailure("the proxy sent an event that is not JSON");
+      }
+      if (message && message.error) throw new ApiFailure(describe(message.error));
+      for (const choice of (message && message.choices) || []) {
+        const content = choice && choice.delta && choice.delta.content;
+        if (typeof content === "string" && content) {
+          if (answer.first === null) {
+            answer.first = performance.now();
+            setStatus("streaming");
+          }
+          answer.tokens += 1;
+          $("answer").append(document.createTextNode(content));
+        }
+      }
+      showStats(answer);
+    }
+  } catch (error) {
+    if (error instanceof ApiFailure || answer.stopped) throw error;
+    return false; // the connection broke: resumable
+  }
+  return false;
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("stopped", "AbortError"));
+    });
+  });
+}
+
+async function send(event) {
+  event.preventDefault();
+  if (state.answer !== null || state.key === null) return;
+  const controller = new AbortController();
+  const answer = {
+    controller,
+    id: requestId(),
+    resume: null,
+    lastId: null,
+    stopped: false,
+    tokens: 0,
+    started: performance.now(),
+    first: null,
+  };
+  state.answer = answer;
+  $("answer").textContent = "";
+  $("chat-error").textContent = "";
+  $("reconnects").textContent = "0";
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  $("answer").dataset.requestId = answer.id;
+  setStatus("waiting for the first token");
+  showStats(answer);
+  const body = {
+    model: $("model").value.trim(),
+    stream: true,
+    stream_options: { include_usage: true },
+    messages: [{ role: "user", content: $("prompt").value }],
+  };
+  try {
+    let response = await api("/v1/chat/completions", {
+      method: "POST",
+      headers: {
+        "Content-Type": "application/json",
+        Accept: "text/event-stream",
+        "X-Request-ID": answer.id,
+        "X-Sluice-Resumable": "1",
+      },
+      body: JSON.stringify(body),
+      signal: controller.signal,
+    });
+    if (!response.ok) throw await failureOf(response);
+    answer.resume = response.headers.get("X-Sluice-Resume");
+    let finished = await readAnswer(response, answer);
+    let tries = 0;
+    while (!finished) {
+      if (!answer.resume || tries >= RESUME_TRIES) {
+        throw new ApiFailure("the connection was lost before the answer ended");
+      }
+      tries += 1;
+      $("reconnects").textContent = String(tries);
+      setStatus("reconnecting");
+      await sleep(300 * tries, controller.signal);
+      const headers = answer.lastId === null ? {} : { "Last-Event-ID": answer.lastId };
+      try {
+        response = await api(answer.resume, { headers, signal: controller.signal });
+      } catch (error) {
+        if (answer.stopped) throw error;
+        continue; // still unreachable: try again
+      }
+      if (response.status === 204) break; // everything was read already
+      if (!response.ok) throw await failureOf(response);
+      finished = await readAnswer(response, answer);
+    }
+    setStatus("done");
+  } catch (error) {
+    if (answer.stopped) {
+      setStatus("stopped");
+    } else {
+      setStatus("failed");
+      $("chat-error").textContent = error.message;
+    }
+  } finally {
+    showStats(answer);
+    state.answer = null;
+    $("send").disabled = false;
+    $("stop").disabled = true;
+  }
+}
+
+// Stop: the request is aborted; a resumable answer goes on without its reader, so it is
+// stopped where it runs too (DELETE), which cancels the upstream request.
+function stop() {
+  const answer = state.answer;
+  if (answer === null || answer.stopped) return;
+  answer.stopped = true;
+  answer.controller.abort();
+  if (answer.resume) {
+    api(answer.resume.replace(/\/events$/, ""), { method: "DELETE" }).catch(() => {});
+  }
+}
+
+$("sign-in-form").addEventListener("submit", signIn);
+$("sign-out").addEventListener("click", signOut);
+$("chat-form").addEventListener("submit", send);
+$("stop").addEventListener("click", stop);
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();
+});
+window.addEventListener("hashchange", show);
+show();

@@ -1,0 +1,238 @@
+"""The console (nginx/console/) in headless Chromium against make run's stack, driven as a
+user drives it: sign in with the keyboard, stream an answer, stop it, read the errors the
+proxy reports; and the front door's policy for its files. Screenshots of each page go to
+tests/output/console/ (kept as CI artefacts)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page
+
+from sluice_services.mock_upstream.text import mock_text
+from tests.e2e.test_browser import browser  # noqa: F401 (the module's Chromium)
+from tests.support.paths import ROOT
+from tests.support.procs import LocalStack, start_local_stack
+
+SCREENSHOTS = ROOT / "tests" / "output" / "console"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[LocalStack]:
+    local = start_local_stack(tmp_path_factory.mktemp("console-run"), log_dir)
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def raw_get(base: str, path: str) -> tuple[int, str]:
+    """One GET with its path exactly as given; the status and the whole answer."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    text = data.decode(errors="replace")
+    return int(text.split(" ", 2)[1]), text
+
+
+class Console:
+    """A page on the console, every request it makes recorded."""
+
+    def __init__(self, page: Page, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.requests: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.goto(f"{base}/console/")
+
+    def sign_in(self, key: str) -> None:
+        self.page.keyboard.type(key)  # the key field has the focus
+        self.page.keyboard.press("Enter")
+
+    def ask(self, model: str, prompt: str) -> None:
+        self.page.fill("#model", model)
+        self.page.fill("#prompt", prompt)
+        self.page.click("#send")
+
+    def text(self, selector: str) -> str:
+        return self.page.inner_text(selector)
+
+    def wait_status(self, *wanted: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            status = self.text("#status")
+            if status in wanted:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"status {status!r}, not {wanted}")
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def console(browser: Browser, stack: LocalStack) -> Iterator[Console]:  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        yield Console(context.new_page(), stack.base)
+    finally:
+        context.close()
+
+
+def test_the_console_is_served_with_a_strict_policy_and_nothing_else_is(
+    stack: LocalStack,
+) -> None:
+    page = httpx.get(f"{stack.base}/console/", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-request-id"]
+    assert "<script" not in page.text.replace('<script type="module" src="console.js">', "")
+    script = httpx.get(f"{stack.base}/console/console.js", timeout=10)
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("application/javascript")
+    assert "localStorage" not in script.text and "sessionStorage" not in script.text
+    bare = httpx.get(f"{stack.base}/console", timeout=10)
+    assert bare.status_code == 301 and bare.headers["location"] == "/console/"  # relative
+    # Nothing outside the console's folder, however the path is spelled (sent as written:
+    # an HTTP client library would take the dot segments out itself).
+    for path in (
+        "/console/../templates/sluice.conf.template",
+        "/console/%2e%2e/templates/sluice.conf.template",
+        "/console/..%2ftemplates/sluice.conf.template",
+        "/console/%2e%2e%2ftemplates%2fsluice.conf.template",
+        "/console../templates/sluice.conf.template",
+        "/console/../../nginx/templates/sluice.conf.template",
+        "/console/kustomization.yaml",
+    ):
+        status, text = raw_get(stack.base, path)
+        assert status in (400, 404), (path, status)
+        assert "upstream sluice_" not in text and "server {" not in text, path
+    posted = httpx.post(f"{stack.base}/console/", content=b"x", timeout=10)
+    assert posted.status_code == 405
+    assert posted.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_sign_in_stream_an_answer_and_keep_the_key_in_the_tabs_memory_only(
+    console: Console, stack: LocalStack
+) -> None:
+    console.shot("sign-in")
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    assert console.page.input_value("#model")  # picked from /v1/models
+    console.ask("mock-fault:tokens=40,delay=0.01", "Say something")
+    assert console.wait_status("done") == "done"
+    assert console.text("#answer") == mock_text(40)
+    assert console.text("#tokens") == "40"
+    assert console.text("#ttft").endswith(" ms")
+    assert float(console.text("#rate")) > 0
+    assert console.text("#chat-error") == ""
+    console.shot("chat")
+    kept: dict[str, Any] = console.page.evaluate(
+        "() => ({local: JSON.stringify(localStorage), session: JSON.stringify(sessionStorage),"
+        " cookie: document.cookie, url: location.href})"
+    )
+    assert all(stack.key not in value for value in kept.values()), kept
+    assert all(url.startswith(f"{stack.base}/") for url in console.requests), console.requests
+    # A reload forgets the key: back to sign-in.
+    console.page.reload()
+    console.page.wait_for_selector("#sign-in:not([hidden])")
+    assert console.page.is_hidden("#chat")
+
+
+def test_stop_cancels_the_upstream_request(console: Console, stack: LocalStack) -> None:
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    console.ask("mock-fault:tokens=2000,delay=0.02", "A long answer")
+    deadline = time.monotonic() + 20
+    while int(console.text("#tokens")) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(console.text("#tokens")) >= 10
+    request_id = console.page.get_attribute("#answer", "data-request-id")
+    console.page.click("#stop")
+    stopped = time.time()
+    assert console.wait_status("stopped") == "stopped"
+    mock = f"http://127.0.0.1:{stack.env['SLUICE_DEV_MOCK_UPSTREAM_PORT']}"
+    deadline = time.monotonic() + 10
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        seen = httpx.get(f"{mock}/mock/requests/{request_id}", timeout=5).json()
+        if seen.get("end"):
+            break
+        time.sleep(0.05)
+    assert seen["end"] == "client_disconnect", seen
+    assert seen["ended_at"] - stopped < 1.0, seen["ended_at"] - stopped
+    tokens = console.text("#tokens")
+    time.sleep(0.5)
+    assert console.text("#tokens") == tokens  # nothing more arrived
+    assert not console.page.is_disabled("#send")
+
+
+def test_a_dropped_connection_resumes_the_answer_by_itself(
+    console: Console, stack: LocalStack
+) -> None:
+    """The tab's connection is torn down mid-answer (``ss -K``, as a network change does):
+    the console resumes the answer after the last event it read, and shows every token
+    once."""
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    console.ask("mock-fault:tokens=300,delay=0.02", "Keep going")
+    deadline = time.monotonic() + 20
+    while int(console.text("#tokens")) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    port = stack.base.rsplit(":", 1)[1]  # every connection of the tab's to nginx, torn down
+    subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", port], check=True, timeout=10)
+    assert console.wait_status("done", "failed", timeout=40) == "done", console.text("#chat-error")
+    assert int(console.text("#reconnects")) >= 1
+    assert console.text("#answer") == mock_text(300)  # nothing lost, nothing twice
+    assert console.text("#tokens") == "300"
+
+
+def test_errors_are_shown_as_the_proxy_reports_them(console: Console, stack: LocalStack) -> None:
+    console.sign_in("sk-not-a-key-of-this-stack-000000000")
+    console.page.wait_for_selector("#sign-in-error:not(:empty)")
+    assert "401" in console.text("#sign-in-error")
+    assert console.page.is_hidden("#chat")
+    console.page.focus("#key")
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    console.ask("mock-fault:error_after=3", "fail in the middle")
+    assert console.wait_status("failed") == "failed"
+    error = console.text("#chat-error")
+    assert error and "upstream" in error.lower(), error
+    assert int(console.text("#tokens")) == 3  # what came before the error stays shown
+    console.shot("chat-error")
+    console.ask("mock-fault:status=400", "refused before the first byte")
+    assert console.wait_status("failed") == "failed"
+    assert console.text("#chat-error").startswith("400 "), console.text("#chat-error")
+    assert console.text("#answer") == ""
+
+
+def test_the_console_reads_at_a_phones_width(browser: Browser, stack: LocalStack) -> None:  # noqa: F811
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        console = Console(context.new_page(), stack.base)
+        console.sign_in(stack.key)
+        console.page.wait_for_selector("#chat:not([hidden])")
+        width = console.page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, width  # no sideways scrolling
+        console.shot("chat-390")
+    finally:
+        context.close()
