@@ -19,9 +19,9 @@ function requestId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, key = state.key) {
   const headers = new Headers(options.headers || {});
-  headers.set("Authorization", "Bearer " + state.key);
+  headers.set("Authorization", "Bearer " + key);
   return fetch(path, {
     ...options,
     headers,
@@ -210,6 +210,7 @@ async function send(event) {
   const answer = {
     controller,
     id: requestId(),
+    key: state.key, // (a Stop after Sign out still reaches the answer)
     resume: null,
     lastId: null,
     stopped: false,
@@ -258,7 +259,7 @@ async function send(event) {
       await sleep(300 * tries, controller.signal);
       const headers = answer.lastId === null ? {} : { "Last-Event-ID": answer.lastId };
       try {
-        response = await api(answer.resume, { headers, signal: controller.signal });
+        response = await api(answer.resume, { headers, signal: controller.signal }, answer.key);
       } catch (error) {
         if (answer.stopped) throw error;
         continue; // still unreachable: try again
@@ -284,14 +285,18 @@ async function send(event) {
 }
 
 // Stop: the request is aborted; a resumable answer goes on without its reader, so it is
-// stopped where it runs too (DELETE), which cancels the upstream request.
+// stopped where it runs too (DELETE), which cancels the upstream request. (Aborted before
+// its headers, an answer is not handed out yet: the proxy cancels it with the request.)
 function stop() {
   const answer = state.answer;
   if (answer === null || answer.stopped) return;
   answer.stopped = true;
+  setStatus("stopping");
+  $("stop").disabled = true;
   answer.controller.abort();
   if (answer.resume) {
-    api(answer.resume.replace(/\/events$/, ""), { method: "DELETE" }).catch(() => {});
+    const path = answer.resume.replace(/\/events$/, "");
+    api(path, { method: "DELETE" }, answer.key).catch(() => {});
   }
 }
 

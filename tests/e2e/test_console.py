@@ -45,6 +45,20 @@ def raw_get(base: str, path: str) -> tuple[int, str]:
     return int(text.split(" ", 2)[1]), text
 
 
+def mock_request(stack: LocalStack, request_id: str | None, timeout: float) -> dict[str, Any]:
+    """The mock upstream's record of one request, once it ended (or what it has by then)."""
+    mock = f"http://127.0.0.1:{stack.env['SLUICE_DEV_MOCK_UPSTREAM_PORT']}"
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{mock}/mock/requests/{request_id}", timeout=5)
+        seen = answer.json() if answer.status_code == 200 else {}
+        if seen.get("end"):
+            break
+        time.sleep(0.05)
+    return seen
+
+
 class Console:
     """A page on the console, every request it makes recorded."""
 
@@ -169,20 +183,30 @@ def test_stop_cancels_the_upstream_request(console: Console, stack: LocalStack) 
     console.page.click("#stop")
     stopped = time.time()
     assert console.wait_status("stopped") == "stopped"
-    mock = f"http://127.0.0.1:{stack.env['SLUICE_DEV_MOCK_UPSTREAM_PORT']}"
-    deadline = time.monotonic() + 10
-    seen: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        seen = httpx.get(f"{mock}/mock/requests/{request_id}", timeout=5).json()
-        if seen.get("end"):
-            break
-        time.sleep(0.05)
+    seen = mock_request(stack, request_id, timeout=10)
     assert seen["end"] == "client_disconnect", seen
     assert seen["ended_at"] - stopped < 1.0, seen["ended_at"] - stopped
     tokens = console.text("#tokens")
     time.sleep(0.5)
     assert console.text("#tokens") == tokens  # nothing more arrived
     assert not console.page.is_disabled("#send")
+
+
+def test_stop_before_the_first_token_still_stops_the_answer(
+    console: Console, stack: LocalStack
+) -> None:
+    """Stop while the model thinks, before any header says where a resumable answer runs:
+    the answer does not run on unread (the proxy cancels it with its request)."""
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    console.ask("mock-fault:first_token_delay=1.5,tokens=2000,delay=0.02", "think first")
+    request_id = console.page.get_attribute("#answer", "data-request-id")
+    console.page.click("#stop")
+    assert console.text("#status") in ("stopping", "stopped")
+    assert console.wait_status("stopped", timeout=15) == "stopped"
+    seen = mock_request(stack, request_id, timeout=10)
+    assert seen["end"] == "client_disconnect", seen
+    assert seen["tokens_sent"] < 200, seen  # stopped at once, not after 40 s of answer
 
 
 def test_a_dropped_connection_resumes_the_answer_by_itself(
