@@ -40,6 +40,20 @@ SERVICES = (
 PINNED_MARK = "# sluice test harness: single-container services (aardvark-dns #389)\n"
 
 
+def _pin(hosts: Path, block: str) -> None:
+    """``block`` as the end of a hosts file, written in place (a container's /etc/hosts is
+    this very file, bind-mounted: a new file by rename would not reach it), in one write, so
+    a lookup meanwhile reads the old lines or the new ones."""
+    kept = hosts.read_text().split(PINNED_MARK, 1)[0]
+    data = f"{kept.rstrip()}\n{PINNED_MARK}{block}".encode()
+    fd = os.open(hosts, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -163,11 +177,10 @@ class Stack:
         pinned = sorted((ip[0], name) for name, ip in by_service.items() if len(ip) == 1)
         block = "".join(f"{ip}\t{name}\n" for ip, name in pinned)
         for parts in rows:
-            hosts = Path(parts[3])
-            if not hosts.is_file():  # not a local engine's file (a remote podman): DNS alone
+            try:
+                _pin(Path(parts[3]), block)
+            except OSError:  # not a file of this machine's (a remote engine): DNS alone
                 continue
-            kept = hosts.read_text().split(PINNED_MARK, 1)[0]
-            hosts.write_text(f"{kept.rstrip()}\n{PINNED_MARK}{block}")
 
     def health_now(self) -> dict[str, str]:
         """Run every healthcheck once (podman) and report."""

@@ -6,7 +6,8 @@
 // metrics as any other client. Model output is only ever added as text, never as markup.
 
 const MAX_EVENT_CHARS = 1 << 20; // an event longer than this is refused, not buffered
-const RESUME_TRIES = 5;
+const RESUME_TRIES = 5; // resumes in a row that bring nothing, before giving up
+const RETRYABLE = new Set([429, 502, 503, 504]); // a restart's or an overload's: for now
 
 const state = { key: null, answer: null };
 const $ = (id) => document.getElementById(id);
@@ -119,7 +120,11 @@ async function* sseEvents(body) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      // CR LF, CR and LF all end a line; a CR at a chunk's end waits for the next chunk
+      // (its LF may be there).
+      buffer += decoder.decode(value, { stream: true });
+      const held = buffer.endsWith("\r") ? "\r" : "";
+      buffer = buffer.slice(0, buffer.length - held.length).replace(/\r\n?/g, "\n");
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, cut);
@@ -137,6 +142,7 @@ async function* sseEvents(body) {
         }
         if (event.data.length || event.id !== null) yield { ...event, data: event.data.join("\n") };
       }
+      buffer += held;
       if (buffer.length > MAX_EVENT_CHARS) throw new ApiFailure("an event is too large");
     }
   } finally {
@@ -152,10 +158,11 @@ function setStatus(text) {
 
 function showStats(answer) {
   const now = performance.now();
-  $("tokens").textContent = String(answer.tokens);
+  const tokens = answer.usage ?? answer.chunks;
+  $("tokens").textContent = String(tokens);
   $("ttft").textContent = answer.first === null ? "–" : `${Math.round(answer.first - answer.started)} ms`;
   const seconds = answer.first === null ? 0 : (now - answer.first) / 1000;
-  $("rate").textContent = seconds > 0.05 ? (answer.tokens / seconds).toFixed(1) : "–";
+  $("rate").textContent = seconds > 0.05 ? (tokens / seconds).toFixed(1) : "–";
 }
 
 // Reads one response of an answer: true when it ended ([DONE]); false when the connection
@@ -165,6 +172,16 @@ async function readAnswer(response, answer) {
     for await (const event of sseEvents(response.body)) {
       if (event.id !== null) answer.lastId = event.id;
       if (event.data === "[DONE]") return true;
+      if (event.event === "reconnect") {
+        // A drain's hint: this connection ends; come back after retry_ms.
+        try {
+          const retry = JSON.parse(event.data).retry_ms;
+          if (Number.isFinite(retry)) answer.retryMs = retry;
+        } catch {
+          // no figure: the default back-off
+        }
+        continue;
+      }
       if (!event.data) continue;
       let message;
       try {
@@ -173,6 +190,8 @@ async function readAnswer(response, answer) {
         throw new ApiFailure("the proxy sent an event that is not JSON");
       }
       if (message && message.error) throw new ApiFailure(describe(message.error));
+      const usage = message && message.usage;
+      if (usage && Number.isInteger(usage.completion_tokens)) answer.usage = usage.completion_tokens;
       for (const choice of (message && message.choices) || []) {
         const content = choice && choice.delta && choice.delta.content;
         if (typeof content === "string" && content) {
@@ -180,7 +199,7 @@ async function readAnswer(response, answer) {
             answer.first = performance.now();
             setStatus("streaming");
           }
-          answer.tokens += 1;
+          answer.chunks += 1;
           $("answer").append(document.createTextNode(content));
         }
       }
@@ -214,7 +233,9 @@ async function send(event) {
     resume: null,
     lastId: null,
     stopped: false,
-    tokens: 0,
+    chunks: 0, // content deltas: tokens until the usage says how many
+    usage: null, // completion_tokens, from the usage chunk (asked for: include_usage)
+    retryMs: null,
     started: performance.now(),
     first: null,
   };
@@ -248,16 +269,23 @@ async function send(event) {
     if (!response.ok) throw await failureOf(response);
     answer.resume = response.headers.get("X-Sluice-Resume");
     let finished = await readAnswer(response, answer);
-    let tries = 0;
+    let tries = 0; // in a row without an event: a long answer may be resumed many times
+    let reconnects = 0;
     while (!finished) {
       if (!answer.resume || tries >= RESUME_TRIES) {
         throw new ApiFailure("the connection was lost before the answer ended");
       }
       tries += 1;
-      $("reconnects").textContent = String(tries);
+      reconnects += 1;
+      $("reconnects").textContent = String(reconnects);
       setStatus("reconnecting");
-      await sleep(300 * tries, controller.signal);
-      const headers = answer.lastId === null ? {} : { "Last-Event-ID": answer.lastId };
+      // The server's word on when to come back (a drain's hint, a Retry-After), else a
+      // back-off with jitter.
+      const wait = answer.retryMs ?? (300 * tries) * (1 + Math.random());
+      answer.retryMs = null;
+      await sleep(wait, controller.signal);
+      const headers = { Accept: "text/event-stream" }; // a refusal for now is a hint, then
+      if (answer.lastId !== null) headers["Last-Event-ID"] = answer.lastId;
       try {
         response = await api(answer.resume, { headers, signal: controller.signal }, answer.key);
       } catch (error) {
@@ -265,8 +293,16 @@ async function send(event) {
         continue; // still unreachable: try again
       }
       if (response.status === 204) break; // everything was read already
+      if (RETRYABLE.has(response.status)) {
+        const after = Number(response.headers.get("Retry-After"));
+        answer.retryMs = Number.isFinite(after) && after > 0 ? after * 1000 : null;
+        await response.body?.cancel();
+        continue;
+      }
       if (!response.ok) throw await failureOf(response);
+      const seen = answer.lastId;
       finished = await readAnswer(response, answer);
+      if (answer.lastId !== seen) tries = 0;
     }
     setStatus("done");
   } catch (error) {

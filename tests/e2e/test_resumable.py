@@ -187,6 +187,7 @@ async ([key, path]) => {
   const es = window.answerEs = new EventSource(path);
   es.onopen = () => { window.answer.opens++; };
   es.addEventListener("reconnect", () => { window.answer.hints++; });
+  es.onerror = () => { if (es.readyState === EventSource.CLOSED) window.answer.closed = true; };
   es.onmessage = (e) => {
     window.answer.ids.push(Number(e.lastEventId));
     window.answer.datas.push(e.data);

@@ -257,3 +257,18 @@ async def test_job_routes_are_rate_limited_per_key() -> None:
         other = await submit(app, "simulate", {"steps": 1, "delay": 0}, who=B)
     assert codes == [202, 202, 429]
     assert other.status == 202
+
+
+async def test_the_job_kinds_and_their_params_schemas_are_listed_for_a_key_only() -> None:
+    async with asgi.lifespan(app_with()) as app:
+        listed = await asgi.request(app, "/jobs/kinds", headers=A)
+        anonymous = await asgi.request(app, "/jobs/kinds")
+        # "kinds" is a route, not a job id: a job of that name is still nobody's.
+        missing = await asgi.request(app, "/jobs/kindz", headers=A)
+    assert listed.status == 200
+    kinds = {k["name"]: k["params"] for k in json.loads(listed.body)["kinds"]}
+    assert {"simulate", "checksum"} <= set(kinds)
+    steps = kinds["simulate"]["properties"]["steps"]
+    assert steps["type"] == "integer" and "maximum" in steps
+    assert anonymous.status == 401
+    assert missing.status == 404

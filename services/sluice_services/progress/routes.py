@@ -112,6 +112,18 @@ def build_router(runtime: Runtime[ProgressSettings]) -> APIRouter:
         jobs = await service.store.list(_owner(request))
         return {"jobs": [j.public() for j in sorted(jobs, key=lambda j: j.created_at)]}
 
+    @router.get("/jobs/kinds")
+    @limit()
+    async def job_kinds(request: Request, response: Response) -> dict[str, Any]:
+        """The kinds a job may be of, each with the JSON Schema of its ``params`` (what a
+        form for it asks)."""
+        return {
+            "kinds": [
+                {"name": kind.name, "params": kind.params.model_json_schema()}
+                for kind in sorted(KINDS.values(), key=lambda k: k.name)
+            ]
+        }
+
     @router.get("/jobs/{job_id}")
     @limit()
     async def get_job(request: Request, response: Response, job_id: str) -> dict[str, Any]:
