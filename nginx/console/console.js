@@ -9,7 +9,13 @@ const MAX_EVENT_CHARS = 1 << 20; // an event longer than this is refused, not bu
 const RESUME_TRIES = 5; // resumes in a row that bring nothing, before giving up
 const RETRYABLE = new Set([429, 502, 503, 504]); // a restart's or an overload's: for now
 
-const state = { key: null, answer: null };
+const state = {
+  key: null,
+  answer: null,
+  kinds: null, // the job kinds and their params schemas, once asked
+  jobs: new Map(), // job id -> what the page shows of it and its EventSource
+  tokens: new Map(), // stream-token path -> when its cookie should be renewed (ms)
+};
 const $ = (id) => document.getElementById(id);
 
 class ApiFailure extends Error {}
@@ -58,7 +64,7 @@ function describe(error) {
 
 // -- pages ---------------------------------------------------------------------------
 
-const PAGES = ["chat"];
+const PAGES = ["chat", "jobs"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -69,8 +75,9 @@ function show() {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const focus = page === "sign-in" ? $("key") : page === "chat" ? $("prompt") : null;
+  const focus = { "sign-in": $("key"), chat: $("prompt"), jobs: $("job-kind") }[page];
   if (focus) focus.focus();
+  if (page === "jobs") openJobs();
 }
 
 async function signIn(event) {
@@ -102,6 +109,7 @@ async function signIn(event) {
 
 function signOut() {
   stop();
+  closeJobs();
   state.key = null;
   $("models").replaceChildren();
   $("model").value = "";
@@ -336,10 +344,277 @@ function stop() {
   }
 }
 
+// -- stream tokens: an EventSource cannot send the key -------------------------------------
+
+// A short-lived cookie scoped to ``path`` (HttpOnly: this page never sees it), asked with
+// the key; asked again past half its life. Each reconnect of a stream renews it too.
+async function streamToken(path) {
+  const renewAt = state.tokens.get(path);
+  if (renewAt !== undefined && performance.now() < renewAt) return;
+  const response = await api("/auth/stream-token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ path }),
+  });
+  if (!response.ok) throw await failureOf(response);
+  const issued = await response.json();
+  state.tokens.set(path, performance.now() + (issued.expires_in * 1000) / 2);
+}
+
+// -- jobs ------------------------------------------------------------------------------
+
+const JOB_TOKEN_PATH = "/jobs/";
+const FINAL_JOB_EVENTS = { complete: "succeeded", failed: "failed", cancelled: "cancelled" };
+const REOPEN_TRIES = 5;
+
+function schemaType(schema) {
+  if (schema.type) return schema.type;
+  const typed = (schema.anyOf || []).find((s) => s.type && s.type !== "null");
+  return typed ? typed.type : "string";
+}
+
+function paramFields(kind) {
+  const schema = kind.params || {};
+  const required = new Set(schema.required || []);
+  return Object.entries(schema.properties || {}).map(([name, prop]) => {
+    const type = schemaType(prop);
+    const label = document.createElement("label");
+    label.textContent = prop.title || name;
+    const input = document.createElement("input");
+    input.name = name;
+    input.dataset.type = type;
+    if (type === "boolean") {
+      input.type = "checkbox";
+      input.checked = prop.default === true;
+    } else {
+      input.type = type === "integer" || type === "number" ? "number" : "text";
+      if (input.type === "number") {
+        input.step = type === "integer" ? "1" : "any";
+        const bound = (key, alt) => (prop[key] ?? (prop.anyOf || []).map((s) => s[key]).find((v) => v !== undefined) ?? alt);
+        const min = bound("minimum", bound("exclusiveMinimum", undefined));
+        const max = bound("maximum", bound("exclusiveMaximum", undefined));
+        if (min !== undefined) input.min = String(min);
+        if (max !== undefined) input.max = String(max);
+      }
+      if (prop.default !== undefined && prop.default !== null) input.value = String(prop.default);
+      input.required = required.has(name);
+    }
+    if (prop.description) input.title = prop.description;
+    label.append(input);
+    return label;
+  });
+}
+
+function showParams() {
+  const kind = (state.kinds || []).find((k) => k.name === $("job-kind").value);
+  $("job-params").replaceChildren(...(kind ? paramFields(kind) : []));
+}
+
+function paramsOf() {
+  const params = {};
+  for (const input of $("job-params").querySelectorAll("input")) {
+    const type = input.dataset.type;
+    if (type === "boolean") params[input.name] = input.checked;
+    else if (input.value === "") continue; // left to the kind's default
+    else if (type === "integer" || type === "number") params[input.name] = Number(input.value);
+    else params[input.name] = input.value;
+  }
+  return params;
+}
+
+async function openJobs() {
+  $("jobs-error").textContent = "";
+  try {
+    if (state.kinds === null) {
+      const response = await api("/jobs/kinds");
+      if (!response.ok) throw await failureOf(response);
+      state.kinds = (await response.json()).kinds;
+      $("job-kind").replaceChildren(
+        ...state.kinds.map((kind) => {
+          const option = document.createElement("option");
+          option.value = option.textContent = kind.name;
+          return option;
+        }),
+      );
+      showParams();
+    }
+    const response = await api("/jobs");
+    if (!response.ok) throw await failureOf(response);
+    for (const job of (await response.json()).jobs) showJob(job);
+  } catch (error) {
+    $("jobs-error").textContent = error.message;
+  }
+}
+
+function closeJobs() {
+  for (const entry of state.jobs.values()) if (entry.source) entry.source.close();
+  state.jobs.clear();
+  state.tokens.clear();
+  state.kinds = null;
+  $("job-list").replaceChildren();
+  $("job-kind").replaceChildren();
+  $("job-params").replaceChildren();
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  $("jobs-error").textContent = "";
+  try {
+    const response = await api("/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ kind: $("job-kind").value, params: paramsOf() }),
+    });
+    if (!response.ok) throw await failureOf(response);
+    const created = await response.json();
+    const job = await api(created.status_url);
+    if (!job.ok) throw await failureOf(job);
+    showJob(await job.json());
+  } catch (error) {
+    $("jobs-error").textContent = error.message;
+  }
+}
+
+function jobCard(job) {
+  const item = document.createElement("li");
+  item.dataset.jobId = job.id;
+  const head = document.createElement("div");
+  head.className = "head";
+  const kind = document.createElement("strong");
+  kind.textContent = job.kind;
+  const id = document.createElement("span");
+  id.className = "id";
+  id.textContent = job.id;
+  const stateEl = document.createElement("span");
+  stateEl.className = "state";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "cancel";
+  cancel.textContent = "Cancel";
+  cancel.addEventListener("click", () => cancelJob(job.id));
+  head.append(kind, id, stateEl, cancel);
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  bar.setAttribute("aria-label", `progress of ${job.kind} ${job.id}`);
+  const message = document.createElement("div");
+  message.className = "message";
+  const outcome = document.createElement("div");
+  outcome.className = "outcome";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  item.append(head, bar, message, outcome, meta);
+  return { item, stateEl, cancel, bar, message, outcome, meta };
+}
+
+function showJob(job) {
+  let entry = state.jobs.get(job.id);
+  if (entry === undefined) {
+    const card = jobCard(job);
+    entry = { ...card, job, source: null, lastId: null, events: 0, opens: 0, gaps: 0, tries: 0 };
+    state.jobs.set(job.id, entry);
+    $("job-list").prepend(card.item);
+    // The page follows the job's events from its first (history, then live): the state is
+    // what they say, wherever the page joined.
+    if (!isFinal(job.state)) watchJob(entry);
+  }
+  render(entry, job);
+}
+
+function isFinal(jobState) {
+  return jobState === "succeeded" || jobState === "failed" || jobState === "cancelled";
+}
+
+function render(entry, job) {
+  entry.job = { ...entry.job, ...job };
+  const j = entry.job;
+  entry.stateEl.textContent = j.state;
+  entry.stateEl.dataset.state = j.state;
+  entry.bar.value = j.percent || 0;
+  entry.item.dataset.state = j.state;
+  entry.message.textContent = j.message || (j.step != null ? `step ${j.step}` : "");
+  entry.outcome.textContent =
+    j.state === "succeeded" ? `result: ${JSON.stringify(j.result)}` : j.error ? `error: ${j.error}` : "";
+  entry.cancel.hidden = isFinal(j.state);
+  const gaps = entry.gaps ? `, ${entry.gaps} out of order` : "";
+  entry.meta.textContent = `${Math.round(j.percent || 0)}% · ${entry.events} events (last id ${entry.lastId ?? "–"}${gaps}) · ${Math.max(0, entry.opens - 1)} reconnects`;
+  entry.item.dataset.events = String(entry.events);
+  entry.item.dataset.lastId = entry.lastId ?? "";
+  entry.item.dataset.reconnects = String(Math.max(0, entry.opens - 1));
+}
+
+async function watchJob(entry) {
+  try {
+    await streamToken(JOB_TOKEN_PATH);
+  } catch (error) {
+    entry.outcome.textContent = `cannot follow: ${error.message}`;
+    return;
+  }
+  if (state.jobs.get(entry.job.id) !== entry) return; // signed out meanwhile
+  const after = entry.lastId === null ? "" : `?after=${encodeURIComponent(entry.lastId)}`;
+  const source = new EventSource(`${entry.job.events_url}${after}`);
+  entry.source = source;
+  source.onopen = () => {
+    entry.opens += 1;
+    render(entry, {});
+  };
+  const seen = (event) => {
+    const id = Number(event.lastEventId);
+    const last = entry.lastId === null ? 0 : Number(entry.lastId);
+    if (Number.isInteger(id) && id !== last + 1) entry.gaps += 1; // lost or repeated
+    entry.lastId = event.lastEventId;
+    entry.events += 1;
+    entry.tries = 0;
+    try {
+      return JSON.parse(event.data);
+    } catch {
+      return {};
+    }
+  };
+  source.addEventListener("progress", (event) => {
+    const data = seen(event);
+    render(entry, { state: "running", percent: data.percent, step: data.step, message: data.message });
+  });
+  source.addEventListener("log", (event) => {
+    const data = seen(event);
+    render(entry, { message: data.message });
+  });
+  for (const [name, jobState] of Object.entries(FINAL_JOB_EVENTS)) {
+    source.addEventListener(name, (event) => {
+      const data = seen(event);
+      source.close();
+      entry.source = null;
+      const percent = jobState === "succeeded" ? 100 : entry.job.percent;
+      render(entry, { state: jobState, percent, result: data.result, error: data.error || null });
+    });
+  }
+  source.onerror = () => {
+    // The browser reconnects by itself (Last-Event-ID) unless it gave up: a non-200, say a
+    // cookie that expired. Then: a fresh token, and a new EventSource after the last id.
+    if (source.readyState !== EventSource.CLOSED || entry.source !== source) return;
+    entry.source = null;
+    if (isFinal(entry.job.state) || entry.tries >= REOPEN_TRIES) return;
+    entry.tries += 1;
+    state.tokens.delete(JOB_TOKEN_PATH);
+    setTimeout(() => watchJob(entry), 500 * entry.tries);
+  };
+}
+
+async function cancelJob(id) {
+  $("jobs-error").textContent = "";
+  try {
+    const response = await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+    if (!response.ok) throw await failureOf(response);
+  } catch (error) {
+    $("jobs-error").textContent = error.message;
+  }
+}
+
 $("sign-in-form").addEventListener("submit", signIn);
 $("sign-out").addEventListener("click", signOut);
 $("chat-form").addEventListener("submit", send);
 $("stop").addEventListener("click", stop);
+$("job-form").addEventListener("submit", startJob);
+$("job-kind").addEventListener("change", showParams);
 $("prompt").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();
 });

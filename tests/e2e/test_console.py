@@ -71,7 +71,9 @@ class Console:
         page.goto(f"{base}/console/")
 
     def sign_in(self, key: str) -> None:
-        self.page.keyboard.type(key)  # the key field has the focus
+        # The key field has the focus, once the page's script ran (a user sees it there).
+        self.page.wait_for_function("document.activeElement?.id === 'key'")
+        self.page.keyboard.type(key)
         self.page.keyboard.press("Enter")
 
     def ask(self, model: str, prompt: str) -> None:
@@ -273,6 +275,85 @@ def test_errors_are_shown_as_the_proxy_reports_them(console: Console, stack: Loc
     assert console.wait_status("failed") == "failed"
     assert console.text("#chat-error").startswith("400 "), console.text("#chat-error")
     assert console.text("#answer") == ""
+
+
+def job_card(console: Console, timeout: float = 10) -> Any:
+    console.page.wait_for_selector("#job-list li", timeout=timeout * 1000)
+    return console.page.query_selector("#job-list li")
+
+
+def start_job(console: Console, steps: int, delay: float) -> str:
+    console.page.click("a[data-page=jobs]")
+    console.page.wait_for_selector("#job-kind option[value=simulate]", state="attached")
+    console.page.select_option("#job-kind", "simulate")
+    console.page.wait_for_selector("#job-params input[name=steps]")
+    console.page.fill("#job-params input[name=steps]", str(steps))
+    console.page.fill("#job-params input[name=delay]", str(delay))
+    console.page.click("#job-start")
+    card = job_card(console)
+    job_id: str = card.get_attribute("data-job-id")
+    return job_id
+
+
+def wait_job(console: Console, job_id: str, states: tuple[str, ...], timeout: float) -> Any:
+    card = console.page.query_selector(f"#job-list li[data-job-id='{job_id}']")
+    deadline = time.monotonic() + timeout
+    while card.get_attribute("data-state") not in states and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert card.get_attribute("data-state") in states, card.inner_text()
+    return card
+
+
+def test_a_jobs_bar_reaches_100_across_a_dropped_connection_with_no_event_lost_or_twice(
+    console: Console, stack: LocalStack
+) -> None:
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    job_id = start_job(console, steps=60, delay=0.05)
+    card = console.page.query_selector(f"#job-list li[data-job-id='{job_id}']")
+    deadline = time.monotonic() + 20
+    while int(card.get_attribute("data-events") or 0) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    port = stack.base.rsplit(":", 1)[1]  # the EventSource's connection, torn down mid-job
+    killed = subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", port],
+        check=True,
+        timeout=10,
+        capture_output=True,
+        text=True,
+    )
+    assert "ESTAB" in killed.stdout, killed.stdout + killed.stderr
+    card = wait_job(console, job_id, ("succeeded", "failed", "cancelled"), timeout=40)
+    assert card.get_attribute("data-state") == "succeeded", card.inner_text()
+    assert int(card.get_attribute("data-reconnects")) >= 1  # the EventSource came back itself
+    job = httpx.get(
+        f"{stack.base}/jobs/{job_id}", headers={"Authorization": f"Bearer {stack.key}"}, timeout=10
+    ).json()
+    # Every event once, in order: as many as the job has, the last one its last.
+    assert card.get_attribute("data-events") == card.get_attribute("data-last-id")
+    assert card.get_attribute("data-last-id") == job["last_event_id"]
+    assert "out of order" not in card.inner_text()
+    assert (
+        console.page.eval_on_selector(f"li[data-job-id='{job_id}'] progress", "p => p.value") == 100
+    )
+    assert "result" in card.inner_text()
+    console.shot("jobs")
+
+
+def test_a_job_survives_a_reload_and_cancel_ends_it(console: Console, stack: LocalStack) -> None:
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    job_id = start_job(console, steps=400, delay=0.05)
+    console.page.reload()  # the key is forgotten; the job is not
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#jobs:not([hidden])")  # the page it was on (#jobs)
+    console.page.wait_for_selector(f"#job-list li[data-job-id='{job_id}']")
+    card = wait_job(console, job_id, ("running",), timeout=20)
+    console.page.click(f"li[data-job-id='{job_id}'] button.cancel")
+    card = wait_job(console, job_id, ("succeeded", "failed", "cancelled"), timeout=20)
+    assert card.get_attribute("data-state") == "cancelled", card.inner_text()
+    assert console.page.is_hidden(f"li[data-job-id='{job_id}'] button.cancel")
+    assert all(url.startswith(f"{stack.base}/") for url in console.requests)
 
 
 def test_the_console_reads_at_a_phones_width(browser: Browser, stack: LocalStack) -> None:  # noqa: F811
