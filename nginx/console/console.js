@@ -512,7 +512,10 @@ function showJob(job) {
     const card = jobCard(job);
     entry = { ...card, job, source: null, lastId: null, events: 0, opens: 0, gaps: 0, tries: 0 };
     state.jobs.set(job.id, entry);
-    $("job-list").prepend(card.item);
+    // Newest first, whichever answer came first (the list's or a start's).
+    card.item.dataset.created = String(job.created_at);
+    const later = [...$("job-list").children].find((li) => Number(li.dataset.created) < job.created_at);
+    $("job-list").insertBefore(card.item, later ?? null);
     // The page follows the job's events from its first (history, then live): the state is
     // what they say, wherever the page joined.
     if (!isFinal(job.state)) watchJob(entry);
