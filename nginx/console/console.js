@@ -64,7 +64,7 @@ function describe(error) {
 
 // -- pages ---------------------------------------------------------------------------
 
-const PAGES = ["chat", "jobs"];
+const PAGES = ["chat", "jobs", "logs"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -75,9 +75,10 @@ function show() {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const focus = { "sign-in": $("key"), chat: $("prompt"), jobs: $("job-kind") }[page];
+  const focus = { "sign-in": $("key"), chat: $("prompt"), jobs: $("job-kind"), logs: $("log-grep") }[page];
   if (focus) focus.focus();
   if (page === "jobs") openJobs();
+  if (page === "logs") openLogs();
 }
 
 async function signIn(event) {
@@ -110,6 +111,7 @@ async function signIn(event) {
 function signOut() {
   stop();
   closeJobs();
+  closeLogs();
   state.key = null;
   $("models").replaceChildren();
   $("model").value = "";
@@ -612,12 +614,233 @@ async function cancelJob(id) {
   }
 }
 
+// -- logs ------------------------------------------------------------------------------
+
+const LOG_TOKEN_PATH = "/logs/";
+const MAX_LOG_LINES = 5000; // shown at most: the oldest go first
+const logs = {
+  files: null, // the names this key may follow
+  sources: new Map(), // name -> its EventSource while following
+  lastIds: new Map(), // name -> the last line's position (inode:offset), to resume after
+  grep: "",
+  backlog: 20,
+  paused: false,
+};
+
+async function openLogs() {
+  if (logs.files !== null) return;
+  $("logs-error").textContent = "";
+  try {
+    const response = await api("/logs", { headers: { Accept: "application/json" } });
+    if (!response.ok) throw await failureOf(response);
+    logs.files = (await response.json()).files;
+    $("log-files").replaceChildren(
+      Object.assign(document.createElement("legend"), { textContent: "Files" }),
+      ...logs.files.map((name) => {
+        const label = document.createElement("label");
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.name = "file";
+        box.value = name;
+        label.append(box, document.createTextNode(name));
+        return label;
+      }),
+    );
+  } catch (error) {
+    $("logs-error").textContent = error.message;
+  }
+}
+
+function closeLogs() {
+  for (const source of logs.sources.values()) source.close();
+  logs.sources.clear();
+  logs.lastIds.clear();
+  logs.files = null;
+  logs.paused = false;
+  $("log-lines").replaceChildren();
+  $("log-files").replaceChildren();
+  followingButtons(false);
+}
+
+function followingButtons(following) {
+  $("log-follow").disabled = following;
+  $("log-pause").disabled = !following;
+  $("log-stop").disabled = !following;
+  $("log-pause").textContent = logs.paused ? "Resume" : "Pause";
+}
+
+function levelOf(text, parsed) {
+  const named = parsed && typeof parsed === "object" ? String(parsed.level || parsed.severity || "") : "";
+  const said = named || (text.match(/\b(CRITICAL|FATAL|ERROR|WARN(?:ING)?|DEBUG)\b/i) || [""])[0];
+  const level = said.toLowerCase();
+  if (["critical", "fatal", "error"].includes(level)) return "error";
+  if (level.startsWith("warn")) return "warn";
+  return level === "debug" ? "debug" : "";
+}
+
+function addLine(source, text, kind) {
+  const list = $("log-lines");
+  const item = document.createElement("li");
+  const label = document.createElement("span");
+  label.className = "source";
+  label.textContent = source;
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  item.append(label, body);
+  item.dataset.source = source;
+  if (kind === "notice") {
+    item.className = "notice";
+  } else {
+    let parsed = null;
+    if (text.startsWith("{")) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = null;
+      }
+    }
+    const level = levelOf(text, parsed);
+    if (level) item.classList.add(level);
+    if (parsed !== null && typeof parsed === "object") {
+      item.classList.add("json");
+      item.tabIndex = 0;
+      const toggle = () => {
+        const shown = item.querySelector("pre");
+        if (shown) return shown.remove();
+        const pre = document.createElement("pre");
+        pre.textContent = JSON.stringify(parsed, null, 2);
+        item.append(pre);
+      };
+      item.addEventListener("click", toggle);
+      item.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          toggle();
+        }
+      });
+    }
+  }
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  list.append(item);
+  while (list.children.length > MAX_LOG_LINES) list.firstElementChild.remove();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function followFile(name) {
+  const query = new URLSearchParams();
+  const after = logs.lastIds.get(name);
+  if (after !== undefined) query.set("after", after); // resumed: what came meanwhile
+  else query.set("lines", String(logs.backlog));
+  if (logs.grep) query.set("grep", logs.grep);
+  const source = new EventSource(`/logs/${encodeURIComponent(name)}?${query}`);
+  logs.sources.set(name, source);
+  source.onmessage = (event) => {
+    if (event.lastEventId) logs.lastIds.set(name, event.lastEventId);
+    addLine(name, event.data, "line");
+  };
+  for (const kind of ["rotated", "truncated", "deleted", "created", "gap", "refused"]) {
+    source.addEventListener(kind, (event) => {
+      let details = "";
+      try {
+        const data = JSON.parse(event.data);
+        details = Object.entries(data)
+          .filter(([key]) => key !== "file")
+          .map(([key, value]) => `${key}=${value}`)
+          .join(" ");
+      } catch {
+        details = event.data;
+      }
+      addLine(name, `==> ${kind} ${details} <==`, "notice");
+    });
+  }
+  source.onerror = () => {
+    // Reconnects by itself (Last-Event-ID); if it gave up (a cookie that expired), again
+    // with a fresh token after the last line.
+    if (source.readyState !== EventSource.CLOSED || logs.sources.get(name) !== source) return;
+    logs.sources.delete(name);
+    state.tokens.delete(LOG_TOKEN_PATH);
+    setTimeout(() => {
+      if (!logs.paused && state.key !== null && !logs.sources.has(name)) {
+        streamToken(LOG_TOKEN_PATH).then(() => followFile(name), (error) => {
+          $("logs-error").textContent = error.message;
+        });
+      }
+    }, 1000);
+  };
+}
+
+async function followLogs(event) {
+  event.preventDefault();
+  $("logs-error").textContent = "";
+  const names = [...$("log-files").querySelectorAll("input:checked")].map((box) => box.value);
+  if (!names.length) {
+    $("logs-error").textContent = "Pick a file to follow.";
+    return;
+  }
+  logs.grep = $("log-grep").value;
+  logs.backlog = Math.max(0, Math.min(1000, Number($("log-backlog").value) || 0));
+  try {
+    // The pattern is checked first, where the answer can be read (an EventSource cannot
+    // read a 400's reason).
+    const query = new URLSearchParams({ follow: "false", lines: "0" });
+    if (logs.grep) query.set("grep", logs.grep);
+    const checked = await api(`/logs/${encodeURIComponent(names[0])}?${query}`);
+    if (!checked.ok) throw await failureOf(checked);
+    await checked.body?.cancel();
+    await streamToken(LOG_TOKEN_PATH);
+  } catch (error) {
+    $("logs-error").textContent = error.message;
+    return;
+  }
+  $("log-lines").replaceChildren();
+  logs.lastIds.clear();
+  logs.paused = false;
+  for (const name of names) followFile(name);
+  followingButtons(true);
+}
+
+function pauseLogs() {
+  if (!logs.paused) {
+    // The streams close; their positions stay, and Resume asks for what came meanwhile
+    // (the API says when some of it is gone: a gap notice).
+    logs.paused = true;
+    for (const source of logs.sources.values()) source.close();
+    logs.sources.clear();
+  } else {
+    logs.paused = false;
+    const names = [...logs.lastIds.keys()];
+    streamToken(LOG_TOKEN_PATH).then(
+      () => {
+        for (const name of [...$("log-files").querySelectorAll("input:checked")].map((b) => b.value)) {
+          if (!names.includes(name) && !logs.sources.has(name)) followFile(name); // nothing read yet
+        }
+        for (const name of names) followFile(name);
+      },
+      (error) => {
+        $("logs-error").textContent = error.message;
+      },
+    );
+  }
+  followingButtons(true);
+}
+
+function stopLogs() {
+  for (const source of logs.sources.values()) source.close();
+  logs.sources.clear();
+  logs.paused = false;
+  followingButtons(false);
+}
+
 $("sign-in-form").addEventListener("submit", signIn);
 $("sign-out").addEventListener("click", signOut);
 $("chat-form").addEventListener("submit", send);
 $("stop").addEventListener("click", stop);
 $("job-form").addEventListener("submit", startJob);
 $("job-kind").addEventListener("change", showParams);
+$("logs-form").addEventListener("submit", followLogs);
+$("log-pause").addEventListener("click", pauseLogs);
+$("log-stop").addEventListener("click", stopLogs);
 $("prompt").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();
 });

@@ -371,6 +371,97 @@ def test_a_job_survives_a_reload_and_cancel_ends_it(console: Console, stack: Loc
     assert all(url.startswith(f"{stack.base}/") for url in console.requests)
 
 
+def log_lines(console: Console) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = console.page.eval_on_selector_all(
+        "#log-lines li",
+        "l => l.map(e => ({source: e.dataset.source, text: e.querySelector('.text').textContent,"
+        " cls: e.className}))",
+    )
+    return found
+
+
+def wait_lines(console: Console, marker: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    lines: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        lines = [line for line in log_lines(console) if marker in line["text"]]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(
+        f"{len(lines)} lines with {marker}, not {count}: {log_lines(console)[-5:]}"
+    )
+
+
+def follow(
+    console: Console, names: list[str], grep: str = "", backlog: int = 0, started: bool = True
+) -> None:
+    console.page.click("a[data-page=logs]")
+    for name in names:
+        console.page.check(f"#log-files input[value='{name}']")
+    console.page.fill("#log-grep", grep)
+    console.page.fill("#log-backlog", str(backlog))
+    console.page.click("#log-follow")
+    if started:
+        console.page.wait_for_selector("#log-pause:not([disabled])")
+
+
+def test_following_logs_shows_a_new_line_within_2_s_grep_filters_and_pause_loses_nothing(
+    console: Console, stack: LocalStack
+) -> None:
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    marker = f"console-marker-{time.time_ns()}"
+    follow(console, ["nginx"], grep=marker)
+    time.sleep(0.5)  # the follower is on (the stream answered) before the line is written
+    httpx.get(f"{stack.base}/{marker}-one", timeout=10)  # a 404: one access log line
+    written = time.monotonic()
+    (line,) = wait_lines(console, f"{marker}-one", 1, timeout=2.0)
+    assert time.monotonic() - written < 2.0
+    assert line["source"] == "nginx" and '"status":404' in line["text"]
+    httpx.get(f"{stack.base}/healthz-and-not-the-marker", timeout=10)
+    time.sleep(0.5)
+    assert all(marker in entry["text"] for entry in log_lines(console))  # grep (RE2) filters
+    # Paused, lines written meanwhile are not lost: Resume asks for them from the last one.
+    console.page.click("#log-pause")
+    for n in range(3):
+        httpx.get(f"{stack.base}/{marker}-paused-{n}", timeout=10)
+    time.sleep(0.5)
+    assert wait_lines(console, marker, 1, timeout=1) and len(log_lines(console)) == 1
+    console.page.click("#log-pause")  # Resume
+    paused = wait_lines(console, f"{marker}-paused-", 3, timeout=5)
+    assert [f"{marker}-paused-{n}" in p["text"] for n, p in enumerate(paused)] == [True] * 3
+    assert len(log_lines(console)) == 4  # each once
+    # A JSON line pretty-printed on demand.
+    console.page.click("#log-lines li.json")
+    pretty = console.page.inner_text("#log-lines li.json pre")
+    assert json.loads(pretty)["status"] == 404
+    console.shot("logs")
+
+
+def test_two_logs_merged_with_their_source_and_a_bad_pattern_said_plainly(
+    console: Console, stack: LocalStack
+) -> None:
+    console.sign_in(stack.key)
+    console.page.wait_for_selector("#chat:not([hidden])")
+    follow(console, ["nginx", "demo"], grep="(", started=False)
+    console.page.wait_for_selector("#logs-error:not(:empty)")
+    assert "400" in console.text("#logs-error"), console.text("#logs-error")
+    assert console.page.is_disabled("#log-pause")  # nothing followed
+    marker = f"merged-{time.time_ns()}"
+    console.page.fill("#log-grep", marker)
+    console.page.click("#log-follow")
+    console.page.wait_for_selector("#log-pause:not([disabled])")
+    time.sleep(0.5)
+    # One request through nginx to demo, its id the marker: a line in each one's log.
+    with httpx.stream(
+        "GET", f"{stack.base}/toy-stream", headers={"X-Request-ID": marker}, timeout=10
+    ) as answer:
+        next(answer.iter_bytes())  # then it leaves: both log the request's end
+    lines = wait_lines(console, marker, 2, timeout=10)
+    assert {line["source"] for line in lines} == {"nginx", "demo"}, lines
+
+
 def test_the_console_reads_at_a_phones_width(browser: Browser, stack: LocalStack) -> None:  # noqa: F811
     context = browser.new_context(viewport={"width": 390, "height": 844})
     try:
