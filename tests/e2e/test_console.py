@@ -34,6 +34,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[L
         local.stop()
 
 
+def tear_down_connections(stack: LocalStack) -> None:
+    """Every connection to the stack's nginx torn down (``ss -K``), as a network change
+    tears down a tab's: the page's, then, since no other client holds one."""
+    port = stack.base.rsplit(":", 1)[1]
+    killed = subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", port],
+        check=True,
+        timeout=10,
+        capture_output=True,
+        text=True,
+    )
+    assert "ESTAB" in killed.stdout, killed.stdout + killed.stderr  # a socket was torn down
+
+
 def raw_get(base: str, path: str) -> tuple[int, str]:
     """One GET with its path exactly as given; the status and the whole answer."""
     port = int(base.rsplit(":", 1)[1])
@@ -75,6 +89,17 @@ class Console:
         self.page.wait_for_function("document.activeElement?.id === 'key'")
         self.page.keyboard.type(key)
         self.page.keyboard.press("Enter")
+
+    def signed_in(self, key: str) -> None:
+        """Signed in, on the page the address names (Chat by default)."""
+        self.sign_in(key)
+        self.page.wait_for_selector("#sign-in[hidden]", state="attached")
+
+    def wait_tokens(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while int(self.text("#tokens")) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert int(self.text("#tokens")) >= count, self.text("#tokens")
 
     def ask(self, model: str, prompt: str) -> None:
         self.page.fill("#model", model)
@@ -153,8 +178,7 @@ def test_sign_in_stream_an_answer_and_keep_the_key_in_the_tabs_memory_only(
     assert console.page.is_hidden("#nav") and console.page.is_hidden("#sign-out")
     assert console.page.get_attribute("#key", "type") == "text"  # no password to save
     console.shot("sign-in")
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     assert console.page.input_value("#model")  # picked from /v1/models
     console.ask("mock-fault:tokens=40,delay=0.01", "Say something")
     assert console.wait_status("done") == "done"
@@ -177,13 +201,9 @@ def test_sign_in_stream_an_answer_and_keep_the_key_in_the_tabs_memory_only(
 
 
 def test_stop_cancels_the_upstream_request(console: Console, stack: LocalStack) -> None:
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     console.ask("mock-fault:tokens=2000,delay=0.02", "A long answer")
-    deadline = time.monotonic() + 20
-    while int(console.text("#tokens")) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert int(console.text("#tokens")) >= 10
+    console.wait_tokens(10)
     request_id = console.page.get_attribute("#answer", "data-request-id")
     console.page.click("#stop")
     stopped = time.time()
@@ -202,8 +222,7 @@ def test_stop_before_the_first_token_still_stops_the_answer(
 ) -> None:
     """Stop while the model thinks, before any header says where a resumable answer runs:
     the answer does not run on unread (the proxy cancels it with its request)."""
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     console.ask("mock-fault:first_token_delay=1.5,tokens=2000,delay=0.02", "think first")
     request_id = console.page.get_attribute("#answer", "data-request-id")
     console.page.click("#stop")
@@ -220,12 +239,9 @@ def test_a_dropped_connection_resumes_the_answer_by_itself(
     """The tab's connection is torn down mid-answer (``ss -K``, as a network change does):
     the console resumes the answer after the last event it read, and shows every token
     once."""
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     console.ask("mock-fault:tokens=300,delay=0.02", "Keep going")
-    deadline = time.monotonic() + 20
-    while int(console.text("#tokens")) < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    console.wait_tokens(20)
     # The first resume meets a draining worker's refusal (503, Retry-After), as in a rolling
     # restart; the console waits as told and tries again.
     refused: list[str] = []
@@ -242,15 +258,7 @@ def test_a_dropped_connection_resumes_the_answer_by_itself(
         )
 
     console.page.route("**/v1/chat/completions/*/events", draining_once)
-    port = stack.base.rsplit(":", 1)[1]  # every connection of the tab's to nginx, torn down
-    killed = subprocess.run(
-        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", port],
-        check=True,
-        timeout=10,
-        capture_output=True,
-        text=True,
-    )
-    assert "ESTAB" in killed.stdout, killed.stdout + killed.stderr  # a socket was torn down
+    tear_down_connections(stack)  # every connection of the tab's to nginx, torn down
     assert console.wait_status("done", "failed", timeout=40) == "done", console.text("#chat-error")
     assert len(refused) == 1 and int(console.text("#reconnects")) >= 2
     assert console.text("#answer") == mock_text(300)  # nothing lost, nothing twice
@@ -263,8 +271,7 @@ def test_errors_are_shown_as_the_proxy_reports_them(console: Console, stack: Loc
     assert "401" in console.text("#sign-in-error")
     assert console.page.is_hidden("#chat")
     console.page.focus("#key")
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     console.ask("mock-fault:error_after=3", "fail in the middle")
     assert console.wait_status("failed") == "failed"
     error = console.text("#chat-error")
@@ -322,22 +329,13 @@ def wait_job(
 def test_a_jobs_bar_reaches_100_across_a_dropped_connection_with_no_event_lost_or_twice(
     console: Console, stack: LocalStack
 ) -> None:
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     job_id = start_job(console, steps=60, delay=0.05)
     card = card_of(console, job_id)
     deadline = time.monotonic() + 20
     while int(card.get_attribute("data-events") or 0) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    port = stack.base.rsplit(":", 1)[1]  # the EventSource's connection, torn down mid-job
-    killed = subprocess.run(
-        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", port],
-        check=True,
-        timeout=10,
-        capture_output=True,
-        text=True,
-    )
-    assert "ESTAB" in killed.stdout, killed.stdout + killed.stderr
+    tear_down_connections(stack)  # the EventSource's connection, torn down mid-job
     card = wait_job(console, job_id, ("succeeded", "failed", "cancelled"), timeout=40)
     assert card.get_attribute("data-state") == "succeeded", card.inner_text()
     assert int(card.get_attribute("data-reconnects") or 0) >= 1  # the EventSource came back itself
@@ -356,8 +354,7 @@ def test_a_jobs_bar_reaches_100_across_a_dropped_connection_with_no_event_lost_o
 
 
 def test_a_job_survives_a_reload_and_cancel_ends_it(console: Console, stack: LocalStack) -> None:
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     job_id = start_job(console, steps=400, delay=0.05)
     console.page.reload()  # the key is forgotten; the job is not
     console.sign_in(stack.key)
@@ -409,8 +406,7 @@ def follow(
 def test_following_logs_shows_a_new_line_within_2_s_grep_filters_and_pause_loses_nothing(
     console: Console, stack: LocalStack
 ) -> None:
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     marker = f"console-marker-{time.time_ns()}"
     follow(console, ["nginx"], grep=marker)
     time.sleep(0.5)  # the follower is on (the stream answered) before the line is written
@@ -442,8 +438,7 @@ def test_following_logs_shows_a_new_line_within_2_s_grep_filters_and_pause_loses
 def test_two_logs_merged_with_their_source_and_a_bad_pattern_said_plainly(
     console: Console, stack: LocalStack
 ) -> None:
-    console.sign_in(stack.key)
-    console.page.wait_for_selector("#chat:not([hidden])")
+    console.signed_in(stack.key)
     follow(console, ["nginx", "demo"], grep="(", started=False)
     console.page.wait_for_selector("#logs-error:not(:empty)")
     assert "400" in console.text("#logs-error"), console.text("#logs-error")
