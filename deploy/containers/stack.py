@@ -37,7 +37,7 @@ SERVICES = (
 )
 
 # Where pin_names' block starts in a container's hosts file (replaced whole each time).
-PINNED_MARK = "# sluice test harness: single-container services (aardvark-dns #389)\n"
+PINNED_MARK = "# sluice test harness: the services' containers (aardvark-dns #389)\n"
 
 
 def _pin(hosts: Path, block: str) -> None:
@@ -151,13 +151,16 @@ class Stack:
         raise TimeoutError(f"not healthy after {timeout:.0f} s: {status}\n{self.logs(80)}")
 
     def pin_names(self) -> None:
-        """Each service that runs as one container, by name in every container's /etc/hosts
-        (podman only). podman 4.3's DNS (aardvark-dns 1.4) tears its sockets down and sets
-        them up again whenever a container joins or leaves the network (aardvark-dns #389),
-        and a query lost then costs glibc 5 s, past every connect timeout: seen as seconds
-        of "redis failed: TimeoutError" on a live replica while the other one stopped. The
-        engine's DNS is not what these tests test; a scaled service's names (2 replicas,
-        which come and go) still go through it, and Docker's own DNS needs none of this."""
+        """Each service, by name, in every container's /etc/hosts: one line per running
+        container of it (a name of two replicas resolves to both, as from DNS) (podman only).
+        podman 4.3's DNS (aardvark-dns 1.4) tears its sockets down and sets them up again
+        whenever a container joins or leaves the network (aardvark-dns #389), and a query
+        lost then costs glibc 5 s, past every connect timeout: seen as seconds of "redis
+        failed: TimeoutError" on a live replica while the other one stopped, and as nginx's
+        reload failing for 20 s on "host not found" after a replica came back. Pinned again
+        at every wait for health (each start is followed by one); a replica stopped since
+        keeps its line until then, where DNS would drop it. The engine's DNS is not what
+        these tests test, and Docker's own needs none of this."""
         if self.engine.kind != "podman":
             return
         names = self.containers()
@@ -174,7 +177,7 @@ class Stack:
         by_service: dict[str, list[str]] = {}
         for parts in rows:
             by_service.setdefault(parts[2], []).append(parts[4])
-        pinned = sorted((ip[0], name) for name, ip in by_service.items() if len(ip) == 1)
+        pinned = sorted((ip, name) for name, ips in by_service.items() for ip in ips)
         block = "".join(f"{ip}\t{name}\n" for ip, name in pinned)
         for parts in rows:
             try:

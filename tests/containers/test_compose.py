@@ -26,10 +26,10 @@ def test_every_container_is_healthy(stack: Stack) -> None:
     assert len(status) == len(stack.services), status  # one container a service, all up
 
 
-def test_single_container_services_resolve_from_hosts_not_dns(stack: Stack) -> None:
-    """The harness's bridge for podman's DNS (Stack.pin_names): every service that runs as
-    one container is in each container's /etc/hosts, at the address the engine gave it, so
-    a query aardvark-dns drops while a container joins or leaves cannot fail a request."""
+def test_services_resolve_from_hosts_not_dns(stack: Stack) -> None:
+    """The harness's bridge for podman's DNS (Stack.pin_names): every service is in each
+    container's /etc/hosts, at the address the engine gave it, so a query aardvark-dns
+    drops while a container joins or leaves cannot fail a request."""
     if stack.engine.kind != "podman":
         pytest.skip("Docker's DNS needs no bridge")
     (chat_proxy,) = stack.containers("chat-proxy")

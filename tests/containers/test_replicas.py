@@ -130,6 +130,20 @@ def submit(stack: Stack, container: str, steps: int, delay: float) -> str:
     return python_in(stack, container, SUBMIT, stack.key, str(steps), str(delay)).strip()
 
 
+def test_a_scaled_service_resolves_to_both_replicas_in_nginx(scaled: Stack) -> None:
+    """Stack.pin_names: a service of two replicas has both addresses in /etc/hosts, so
+    nginx's reload (which resolves its upstreams) sees both without podman's DNS."""
+    (nginx,) = scaled.containers("nginx")
+    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    for service in ("progress", "chat-proxy"):
+        wanted = {
+            scaled.engine.command("inspect", name, "--format", template).strip()
+            for name in scaled.containers(service)
+        }
+        found = scaled.engine.command("exec", nginx, "getent", "ahostsv4", service)
+        assert {line.split()[0] for line in found.splitlines() if line} == wanted, found
+
+
 def test_job_events_resumed_on_the_other_replica_arrive_exactly_once(scaled: Stack) -> None:
     first, second = scaled.containers("progress")
     job = submit(scaled, first, steps=40, delay=0.05)
