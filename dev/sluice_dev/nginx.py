@@ -9,6 +9,7 @@ fails when the committed file differs from what the declarations say.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Mapping
@@ -80,6 +81,25 @@ def _locations(registry: Registry) -> list[str]:
             "    proxy_pass http://sluice_auth;",
             "}",
         ]
+    keyed = [s for s in registry.public() if s.api_keys]
+    if keyed:
+        names = ",".join(json.dumps(s.name) for s in keyed)
+        lines += [
+            "# The console's Streams page: which services there are, and each one's stream",
+            "# summary (GET /_sluice/streams on the service: a key is needed, as anywhere).",
+            "location = /_sluice/services {",
+            "    default_type application/json;",
+            "    add_header Cache-Control no-store always;",
+            "    add_header X-Request-ID $sluice_request_id always;",
+            f"    return 200 '{{\"services\":[{names}]}}';",
+            "}",
+        ]
+        for service in keyed:
+            lines += [
+                f"location = /_sluice/streams/{service.name} {{",
+                f"    proxy_pass http://{upstream_name(service)}/_sluice/streams;",
+                "}",
+            ]
     for service in registry.public():
         declared = service.app.partition(":")[0].rpartition(".")[0].replace(".", "/")
         lines.append(f"# {service.name} (declared in {declared}/__init__.py)")

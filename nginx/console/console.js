@@ -64,7 +64,7 @@ function describe(error) {
 
 // -- pages ---------------------------------------------------------------------------
 
-const PAGES = ["chat", "jobs", "logs"];
+const PAGES = ["chat", "jobs", "logs", "streams"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -75,10 +75,18 @@ function show() {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const focus = { "sign-in": $("key"), chat: $("prompt"), jobs: $("job-kind"), logs: $("log-grep") }[page];
+  const focus = {
+    "sign-in": $("key"),
+    chat: $("prompt"),
+    jobs: $("job-kind"),
+    logs: $("log-grep"),
+    streams: $("streams-title"),
+  }[page];
   if (focus) focus.focus();
   if (page === "jobs") openJobs();
   if (page === "logs") openLogs();
+  if (page === "streams") openStreams();
+  else closeStreams();
 }
 
 async function signIn(event) {
@@ -112,6 +120,7 @@ function signOut() {
   stop();
   closeJobs();
   closeLogs();
+  closeStreams();
   state.key = null;
   $("models").replaceChildren();
   $("model").value = "";
@@ -830,6 +839,191 @@ function stopLogs() {
   logs.sources.clear();
   logs.paused = false;
   followingButtons(false);
+}
+
+// -- streams -----------------------------------------------------------------------------
+// Each service's summary of its own metrics (GET /_sluice/streams/<service> through nginx,
+// with the key, as any call): open streams now, and from the difference of two summaries
+// WINDOW_MS apart, how streams started, ended and were refused, and their latencies.
+
+const POLL_MS = 2000;
+const WINDOW_MS = 60000;
+const streams = {
+  timer: null,
+  services: null, // the names nginx routes, once asked
+  history: new Map(), // service -> [summary, ...] of the last WINDOW_MS, oldest first
+  failures: new Map(), // service -> what its last poll said, when it failed
+};
+
+async function openStreams() {
+  if (streams.timer !== null) return;
+  streams.timer = setInterval(pollStreams, POLL_MS);
+  await pollStreams();
+}
+
+function closeStreams() {
+  if (streams.timer !== null) clearInterval(streams.timer);
+  streams.timer = null;
+  streams.services = null;
+  streams.history.clear();
+  streams.failures.clear();
+  $("stream-rows").replaceChildren();
+  $("stream-latencies").replaceChildren();
+  $("streams-open").textContent = "–";
+  $("streams-updated").textContent = "never";
+}
+
+async function pollStreams() {
+  if (state.key === null) return;
+  try {
+    if (streams.services === null) {
+      const response = await api("/_sluice/services");
+      if (!response.ok) throw await failureOf(response);
+      streams.services = (await response.json()).services;
+    }
+    $("streams-error").textContent = "";
+  } catch (error) {
+    $("streams-error").textContent = `Services: ${error.message}`;
+    return;
+  }
+  const now = Date.now();
+  await Promise.all(
+    streams.services.map(async (service) => {
+      try {
+        const response = await api(`/_sluice/streams/${encodeURIComponent(service)}`);
+        if (!response.ok) throw await failureOf(response);
+        const summary = await response.json();
+        summary.polled = now;
+        const kept = (streams.history.get(service) || []).filter((s) => now - s.polled <= WINDOW_MS);
+        kept.push(summary);
+        streams.history.set(service, kept);
+        streams.failures.delete(service);
+      } catch (error) {
+        streams.failures.set(service, error.message);
+      }
+    }),
+  );
+  if (streams.timer === null) return; // left the page meanwhile
+  showStreams(now);
+}
+
+const NOTHING_YET = { started: 0, ended: {}, refused: {}, ttfb: null };
+
+// A counter's growth; a service that restarted meanwhile counts from zero again.
+function grown(now, then) {
+  return now >= then ? now - then : now;
+}
+
+function grownBy(now, then) {
+  const out = {};
+  for (const [name, value] of Object.entries(now)) {
+    const diff = grown(value, (then && then[name]) || 0);
+    if (diff > 0) out[name] = diff;
+  }
+  return out;
+}
+
+// The buckets observed between two cumulative histograms (as Prometheus's increase()).
+function bucketsGrown(now, then) {
+  if (!then || now.count < then.count || then.le.join() !== now.le.join()) return now;
+  return { le: now.le, counts: now.counts.map((c, i) => c - then.counts[i]), count: now.count - then.count };
+}
+
+// histogram_quantile: the bucket the q-th observation falls in, linear within it.
+function quantile(q, buckets) {
+  if (!buckets || buckets.count <= 0) return null;
+  const rank = q * buckets.count;
+  for (let i = 0; i < buckets.counts.length; i++) {
+    if (buckets.counts[i] >= rank) {
+      if (i >= buckets.le.length) return buckets.le.length ? buckets.le[buckets.le.length - 1] : null;
+      const lower = i === 0 ? 0 : buckets.le[i - 1];
+      const below = i === 0 ? 0 : buckets.counts[i - 1];
+      const inBucket = buckets.counts[i] - below;
+      return lower + (buckets.le[i] - lower) * (inBucket > 0 ? (rank - below) / inBucket : 1);
+    }
+  }
+  return null;
+}
+
+function ms(seconds) {
+  if (seconds === null) return "–";
+  return seconds < 0.01 ? `${(seconds * 1000).toFixed(1)} ms` : `${Math.round(seconds * 1000)} ms`;
+}
+
+function tally(counts) {
+  const parts = Object.entries(counts).map(([name, n]) => `${name} ${Math.round(n)}`);
+  return parts.length ? parts.join(" · ") : "–";
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function showStreams(now) {
+  const rows = [];
+  const latencies = [];
+  let open = 0;
+  for (const service of streams.services) {
+    const history = streams.history.get(service) || [];
+    const failure = streams.failures.get(service);
+    if (failure !== undefined) {
+      const tr = document.createElement("tr");
+      tr.dataset.service = service;
+      tr.className = "down";
+      const td = cell(`unreachable: ${failure}`);
+      td.colSpan = 6;
+      tr.append(cell(service), td);
+      rows.push(tr);
+      if (!history.length) continue;
+    }
+    if (!history.length) continue;
+    const latest = history[history.length - 1];
+    const oldest = history[0];
+    const seconds = Math.max((latest.at - oldest.at), 0);
+    const before = new Map(oldest.routes.map((route) => [route.route, route]));
+    for (const route of latest.routes) {
+      // A route the older summary lacks had seen nothing yet then.
+      const then = oldest === latest ? null : before.get(route.route) || NOTHING_YET;
+      open += route.active;
+      const tr = document.createElement("tr");
+      tr.dataset.service = service;
+      tr.dataset.route = route.route;
+      tr.dataset.active = String(route.active);
+      const started = then ? grown(route.started, then.started) : 0;
+      const ttfb = bucketsGrown(route.ttfb, then && then.ttfb);
+      tr.append(
+        cell(failure === undefined ? service : `${service} (stale)`),
+        cell(route.route, "route"),
+        cell(String(Math.round(route.active)), "num active"),
+        cell(seconds > 0 ? `${((started * 60) / seconds).toFixed(1)}` : "–", "num"),
+        cell(tally(then ? grownBy(route.ended, then.ended) : {}), "ended"),
+        cell(`${ms(quantile(0.5, ttfb))} / ${ms(quantile(0.99, ttfb))}`, "num"),
+        cell(tally(then ? grownBy(route.refused, then.refused) : {}), "refused"),
+      );
+      tr.title = `since ${service} started: ${Math.round(route.started)} started; ended ${tally(route.ended)}; refused ${tally(route.refused)}`;
+      rows.push(tr);
+    }
+    for (const [name, buckets] of Object.entries(latest.latencies || {})) {
+      const grownNow = oldest === latest ? buckets : bucketsGrown(buckets, oldest.latencies[name]);
+      const div = document.createElement("div");
+      div.dataset.service = service;
+      div.dataset.latency = name;
+      const dt = document.createElement("dt");
+      dt.textContent = `${service}: ${name.replaceAll("_", " ")} p50 / p99`;
+      const dd = document.createElement("dd");
+      dd.textContent = `${ms(quantile(0.5, grownNow))} / ${ms(quantile(0.99, grownNow))}`;
+      div.append(dt, dd);
+      latencies.push(div);
+    }
+  }
+  $("stream-rows").replaceChildren(...rows);
+  $("stream-latencies").replaceChildren(...latencies);
+  $("streams-open").textContent = String(Math.round(open));
+  $("streams-updated").textContent = new Date(now).toLocaleTimeString();
+  $("stream-empty").hidden = rows.length > 0;
 }
 
 $("sign-in-form").addEventListener("submit", signIn);

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from slowapi.errors import RateLimitExceeded
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +28,7 @@ from sluice.metrics import render
 from sluice.request_context import BODY_SEND, RequestContextMiddleware
 from sluice.runtime import Runtime
 from sluice.settings import CoreSettings
+from sluice.summary import summary
 
 log = logging.getLogger("sluice.app")
 
@@ -159,6 +160,13 @@ def create_app(
     async def metrics_endpoint() -> Response:
         body, content_type = render()
         return Response(body, media_type=content_type)
+
+    @app.get("/_sluice/streams", include_in_schema=False)
+    @runtime.rates.limit()
+    async def streams_summary(request: Request) -> Response:
+        """Streams open now and how they ended (sluice.summary): a key's, never public."""
+        body = summary(settings.service_name, runtime.latencies)
+        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     app.include_router(stream_token_router(runtime.auth))
     for build in routers:

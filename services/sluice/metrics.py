@@ -104,13 +104,19 @@ HTTP_DURATION = Histogram(
 )
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition body and its content type, summed over workers in multiprocess mode."""
+def collected() -> CollectorRegistry:
+    """What ``/metrics`` reports: this process's registry, or in multiprocess mode a registry
+    that sums every worker's files when collected."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition body and its content type, summed over workers in multiprocess mode."""
+    return generate_latest(collected()), CONTENT_TYPE_LATEST
 
 
 class _RouteMetrics:

@@ -40,6 +40,9 @@ class Runtime(Generic[S_co]):
     )
     # Asked by /readyz: None when ready, else a short reason (a router factory may add its own).
     readiness: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
+    # Histograms GET /_sluice/streams reports for the whole service beside each route's time
+    # to first byte, short name -> metric name (a router factory may add its own).
+    latencies: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: S, public_routes: Iterable[str] = ()) -> Runtime[S]:

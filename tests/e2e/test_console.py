@@ -468,3 +468,99 @@ def test_the_console_reads_at_a_phones_width(browser: Browser, stack: LocalStack
         console.shot("chat-390")
     finally:
         context.close()
+
+
+def test_each_services_stream_summary_goes_through_nginx_to_a_key_only(stack: LocalStack) -> None:
+    listed = httpx.get(f"{stack.base}/_sluice/services", timeout=10)
+    assert listed.status_code == 200
+    assert listed.headers["cache-control"] == "no-store"
+    services = listed.json()["services"]
+    assert {"chat-proxy", "demo", "log-tail", "progress"} <= set(services)
+    assert "mock-upstream" not in services  # takes no keys: not the console's
+    key = {"Authorization": f"Bearer {stack.key}"}
+    for service in services:
+        answer = httpx.get(f"{stack.base}/_sluice/streams/{service}", headers=key, timeout=10)
+        assert answer.status_code == 200, (service, answer.text)
+        assert answer.json()["service"] == service
+    anonymous = httpx.get(f"{stack.base}/_sluice/streams/demo", timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "missing_api_key"
+    wrong = httpx.get(
+        f"{stack.base}/_sluice/streams/demo",
+        headers={"Authorization": "Bearer sk-wrong-00000000000000000000"},
+        timeout=10,
+    )
+    assert wrong.status_code == 401
+    for path in (
+        "/_sluice/streams/mock-upstream",
+        "/_sluice/streams/nobody",
+        "/_sluice/streams/",
+        "/_sluice/streams/demo/../../metrics",
+        "/_sluice/streams/demo%2f..%2f..%2fmetrics",
+        "/_sluice/bad-request",  # nginx's own, internal
+    ):
+        status, text = raw_get(stack.base, path)
+        assert status in (400, 404), (path, status)
+        assert "# HELP" not in text, path  # /metrics stays private
+    assert httpx.get(f"{stack.base}/metrics", timeout=10).status_code == 404
+
+
+def test_the_streams_page_shows_a_stream_a_test_opens_and_how_it_ended(
+    console: Console, stack: LocalStack
+) -> None:
+    console.signed_in(stack.key)
+    console.page.click("#nav a[data-page='streams']")
+    console.page.wait_for_selector("#streams-updated:not(:text-is('never'))")
+    assert console.page.evaluate("() => document.activeElement.id") == "streams-title"
+    row = "#stream-rows tr[data-service='demo'][data-route='/dummy-events']"
+    headers = {"Authorization": f"Bearer {stack.key}", "Accept": "text/event-stream"}
+    with httpx.stream("GET", f"{stack.base}/dummy-events", headers=headers, timeout=30) as stream:
+        assert stream.status_code == 200
+        chunks = stream.iter_bytes()  # (held: a dropped iterator closes the stream)
+        assert next(chunks)  # open: an event came
+        console.page.wait_for_selector(f"{row}[data-active='1']", timeout=10_000)
+        assert int(console.text("#streams-open")) >= 1
+        console.shot("streams")
+    # Left: the page says the stream ended, and how.
+    console.page.wait_for_selector(f"{row}[data-active='0']", timeout=10_000)
+    console.page.wait_for_selector(f"{row} td.ended:has-text('client_disconnect')", timeout=10_000)
+    first_byte = console.page.inner_text(f"{row} td:nth-child(6)")
+    assert first_byte.endswith("ms") and "\u2013" not in first_byte, first_byte
+    # chat-proxy's time to first token, once an answer was streamed.
+    console.page.click("#nav a[data-page='chat']")
+    console.ask("mock", "Count to three")
+    console.wait_status("done")
+    console.page.click("#nav a[data-page='streams']")
+    ttft = "#stream-latencies div[data-service='chat-proxy'][data-latency='time_to_first_token'] dd"
+    console.page.wait_for_selector(ttft, timeout=10_000)
+    assert console.page.inner_text(ttft).endswith("ms")
+    # Every call the page made went to this origin, with the key, never with it in a URL.
+    assert all(url.startswith(stack.base) for url in console.requests), console.requests
+    assert not [url for url in console.requests if stack.key in url]
+
+
+def test_the_streams_page_says_which_service_it_cannot_reach(
+    console: Console, stack: LocalStack
+) -> None:
+    console.signed_in(stack.key)
+    console.page.route(
+        "**/_sluice/streams/log-tail",
+        lambda route: route.fulfill(
+            status=502,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": "upstream_unavailable", "message": "down"}}),
+        ),
+    )
+    counted = httpx.get(
+        f"{stack.base}/dummy-counter",
+        headers={"Authorization": f"Bearer {stack.key}"},
+        timeout=30,
+    )
+    assert counted.status_code == 200
+    console.page.click("#nav a[data-page='streams']")
+    down = "#stream-rows tr.down[data-service='log-tail']"
+    console.page.wait_for_selector(down, timeout=10_000)
+    assert "502 upstream_unavailable: down" in console.page.inner_text(down)
+    # The others still show.
+    demo = "#stream-rows tr:not(.down)[data-service='demo'][data-route='/dummy-counter']"
+    console.page.wait_for_selector(demo, timeout=10_000)

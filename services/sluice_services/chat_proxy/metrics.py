@@ -9,8 +9,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.metrics import LATENCY_BUCKETS
 
+TTFT_METRIC = "sluice_chat_time_to_first_token_seconds"
 TIME_TO_FIRST_TOKEN = Histogram(
-    "sluice_chat_time_to_first_token_seconds",
+    TTFT_METRIC,
     "From request arrival to the first content token sent.",
     ["service", "model"],
     buckets=LATENCY_BUCKETS,

@@ -28,6 +28,7 @@ from sluice.runtime import Runtime
 from sluice.streaming import StreamError, StreamResponse
 from sluice_services.chat_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Api
 from sluice_services.chat_proxy.leaving import until_disconnect
+from sluice_services.chat_proxy.metrics import TTFT_METRIC
 from sluice_services.chat_proxy.proxy import ChatProxy, Started
 from sluice_services.chat_proxy.relay import Relay, error_event
 from sluice_services.chat_proxy.resumable import Answers, wants_resume
@@ -84,6 +85,7 @@ def build_router(runtime: Runtime[ChatSettings]) -> APIRouter:
     runtime.resources.append(proxy.lifespan)
     answers = Answers(runtime, proxy)  # resumable answers (closed before the proxy)
     runtime.resources.append(answers.lifespan)
+    runtime.latencies["time_to_first_token"] = TTFT_METRIC  # shown on the Streams page
     limit = runtime.rates.limit
     router = APIRouter(tags=["chat"])
 
