@@ -117,11 +117,21 @@ async function signIn(event) {
 }
 
 function signOut() {
+  const key = state.key;
+  const paths = new Set([JOB_TOKEN_PATH, LOG_TOKEN_PATH, ...state.tokens.keys()]);
   stop();
   closeJobs();
   closeLogs();
   closeStreams();
   state.key = null;
+  // The browser drops its stream-token cookies too (this page cannot: they are HttpOnly).
+  for (const path of paths) {
+    api(
+      "/auth/stream-token",
+      { method: "DELETE", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ path }) },
+      key,
+    ).catch(() => {});
+  }
   $("models").replaceChildren();
   $("model").value = "";
   $("answer").textContent = "";

@@ -294,13 +294,18 @@ class Authenticator:
         """The token and a ``Set-Cookie`` value scoping it to ``path``."""
         ttl = self.settings.stream_token_ttl
         token = self.signer.issue(key_id, path, ttl)
+        return token, self._cookie(request, token, path, ttl)
+
+    def forgotten(self, request: Request, path: str) -> str:
+        """A ``Set-Cookie`` value that has the browser drop its cookie for ``path``."""
+        return self._cookie(request, "", path, 0)
+
+    def _cookie(self, request: Request, token: str, path: str, ttl: int) -> str:
+        cookie = f"{COOKIE_NAME}={token}; Path={path}; Max-Age={ttl}; HttpOnly; SameSite=Strict"
         secure = self.settings.cookie_secure == "true" or (
             self.settings.cookie_secure == "auto" and request.url.scheme == "https"
         )
-        cookie = f"{COOKIE_NAME}={token}; Path={path}; Max-Age={ttl}; HttpOnly; SameSite=Strict"
-        if secure:
-            cookie += "; Secure"
-        return token, cookie
+        return cookie + "; Secure" if secure else cookie
 
     def renewal(self, request: Request) -> dict[str, str]:
         """Headers that renew a stream-token cookie for the reconnect of this stream."""
@@ -356,5 +361,18 @@ def stream_token_router(auth: Authenticator) -> APIRouter:
         return StreamTokenResponse(
             token=token, path=path, expires_in=auth.settings.stream_token_ttl
         )
+
+    @router.delete("/auth/stream-token", status_code=204, tags=["auth"])
+    async def forget_stream_token(request: Request, body: StreamTokenRequest) -> Response:
+        """Signing out: the browser drops its cookie for ``path`` (a token copied elsewhere
+        stays valid until it expires: keep the TTL short)."""
+        principal: Principal | None = request.state.principal
+        if principal is None or principal.via != "key":
+            raise _unauthorized("missing", "a stream token is forgotten with its API key (Bearer)")
+        if {".", ".."} & set(body.path.split("/")):
+            raise _bad_token_path("must not contain '.' or '..' segments")
+        path = normal_path(body.path)
+        headers = {"set-cookie": auth.forgotten(request, path), "cache-control": "no-store"}
+        return Response(status_code=204, headers=headers)
 
     return router

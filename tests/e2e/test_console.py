@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ElementHandle, Page, Route
 
+from sluice.auth import COOKIE_NAME
 from sluice_services.mock_upstream.text import mock_text
 from tests.e2e.test_browser import browser  # noqa: F401 (the module's Chromium)
 from tests.support.paths import ROOT
@@ -564,3 +565,70 @@ def test_the_streams_page_says_which_service_it_cannot_reach(
     # The others still show.
     demo = "#stream-rows tr:not(.down)[data-service='demo'][data-route='/dummy-counter']"
     console.page.wait_for_selector(demo, timeout=10_000)
+
+
+def tab_to(console: Console, selector: str, presses: int = 40) -> None:
+    """Tab (only Tab) until the focus is on ``selector``, as a keyboard user gets there."""
+    matches = "s => document.activeElement !== null && document.activeElement.matches(s)"
+    for _ in range(presses):
+        console.page.keyboard.press("Tab")
+        if console.page.evaluate(matches, selector):
+            return
+    focused = console.page.evaluate("() => document.activeElement?.outerHTML.slice(0, 120)")
+    raise AssertionError(f"{selector} never got the focus by Tab; it stayed at {focused}")
+
+
+def test_every_page_is_driven_by_the_keyboard_alone(console: Console, stack: LocalStack) -> None:
+    console.signed_in(stack.key)
+    # Jobs: the nav, the kind, its params, Start, then the job's own Cancel.
+    tab_to(console, "#nav a[data-page='jobs']")
+    console.page.keyboard.press("Enter")
+    console.page.wait_for_selector("#jobs:not([hidden])")
+    console.page.wait_for_selector("#job-kind option[value=simulate]", state="attached")
+    assert console.page.evaluate("() => document.activeElement.id") == "job-kind"
+    console.page.keyboard.type("simulate")  # a select takes its option's name typed
+    tab_to(console, "#job-params input[name=steps]")
+    console.page.keyboard.press("Control+A")
+    console.page.keyboard.type("200")
+    tab_to(console, "#job-params input[name=delay]")
+    console.page.keyboard.press("Control+A")
+    console.page.keyboard.type("0.2")
+    tab_to(console, "#job-start")
+    console.page.keyboard.press("Enter")
+    card = card_of(console)
+    job_id = card.get_attribute("data-job-id")
+    assert job_id
+    tab_to(console, f"#job-list li[data-job-id='{job_id}'] button")
+    console.page.keyboard.press("Space")
+    wait_job(console, job_id, ("cancelled",), timeout=15)
+    # Logs: a file's box with Space, Follow with Enter, Stop with Space.
+    tab_to(console, "#nav a[data-page='logs']")
+    console.page.keyboard.press("Enter")
+    tab_to(console, "#log-files input[value='nginx']")
+    console.page.keyboard.press("Space")
+    assert console.page.is_checked("#log-files input[value='nginx']")
+    tab_to(console, "#log-follow")
+    console.page.keyboard.press("Enter")
+    console.page.wait_for_selector("#log-stop:not([disabled])")
+    tab_to(console, "#log-stop")
+    console.page.keyboard.press("Space")
+    console.page.wait_for_selector("#log-stop[disabled]")
+    # Streams and Sign out.
+    tab_to(console, "#nav a[data-page='streams']")
+    console.page.keyboard.press("Enter")
+    console.page.wait_for_selector("#streams:not([hidden])")
+    assert console.page.evaluate("() => document.activeElement.id") == "streams-title"
+    cookies = {c["path"] for c in console.page.context.cookies() if c["name"] == COOKIE_NAME}
+    assert cookies == {"/jobs", "/logs"}  # what followed the job and the log
+    tab_to(console, "#sign-out")
+    console.page.keyboard.press("Enter")
+    console.page.wait_for_selector("#sign-in:not([hidden])")
+    assert console.page.evaluate("() => document.activeElement.id") == "key"
+    # Signing out drops the stream-token cookies as well as the key.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [c for c in console.page.context.cookies() if c["name"] == COOKIE_NAME]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, left

@@ -155,6 +155,39 @@ async def test_stream_token_cookie_is_httponly_strict_and_path_scoped() -> None:
     assert elsewhere.status == 403  # a token for /ticks opens nothing else
 
 
+async def test_signing_out_has_the_browser_drop_its_cookie_for_a_path() -> None:
+    json_type = ("content-type", "application/json")
+    async with asgi.lifespan(protected(cookie_secure="true")) as app:
+        token = app.state.runtime.auth.signer.issue(ID_A, "/ticks", 60)
+
+        async def forget(headers: list[tuple[str, str]], body: bytes) -> asgi.Result:
+            return await asgi.request(
+                app, "/auth/stream-token", method="DELETE", headers=headers, body=body
+            )
+
+        forgotten = await forget([*bearer(KEY_A), json_type], b'{"path": "/ticks"}')
+        by_cookie = await forget(
+            [("cookie", f"{COOKIE_NAME}={token}"), json_type], b'{"path": "/ticks"}'
+        )
+        anonymous = await forget([json_type], b'{"path": "/ticks"}')
+        dotted = await forget([*bearer(KEY_A), json_type], b'{"path": "/a/../b"}')
+        bad = await forget([*bearer(KEY_A), json_type], b'{"path": "no-slash"}')
+        not_json = await forget([*bearer(KEY_A), json_type], b"{")
+    assert forgotten.status == 204, forgotten.text
+    cookie = forgotten.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=;")
+    for part in ("Path=/ticks", "Max-Age=0", "HttpOnly", "SameSite=Strict", "Secure"):
+        assert part in cookie
+    assert forgotten.headers["cache-control"] == "no-store"
+    assert by_cookie.status == 403  # the token itself is no key
+    assert anonymous.status == 401
+    assert "set-cookie" not in by_cookie.headers and "set-cookie" not in anonymous.headers
+    for refused in (dotted, bad, not_json):
+        assert refused.status in (400, 422), refused.text
+        assert "set-cookie" not in refused.headers
+        assert json.loads(refused.body)["error"]["message"]
+
+
 async def test_a_draining_workers_reconnect_hint_renews_the_browsers_cookie() -> None:
     async with asgi.lifespan(protected(drain_window=0)) as app:
         token = app.state.runtime.auth.signer.issue(ID_A, "/ticks", 60)
