@@ -41,7 +41,7 @@ venv: $(STAMP)
 RUN_DEPS := nginx:nginx-light
 COMPOSE_DEPS := docker-compose:docker-compose openssl:openssl
 TEST_DEPS := $(RUN_DEPS) $(COMPOSE_DEPS) redis-server:redis-server chromium:chromium \
-	kubectl:kubectl promtool:prometheus ss:iproute2
+	kubectl:kubectl promtool:prometheus ss:iproute2 firefox-esr:firefox-esr
 define install_missing
 	@missing=""; \
 	for entry in $(1); do \

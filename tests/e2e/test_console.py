@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, ElementHandle, Page, Route
 from sluice.auth import COOKIE_NAME
 from sluice_services.mock_upstream.text import mock_text
 from tests.e2e.test_browser import browser  # noqa: F401 (the module's Chromium)
+from tests.support.firefox import firefox
 from tests.support.paths import ROOT
 from tests.support.procs import LocalStack, start_local_stack
 
@@ -632,3 +633,42 @@ def test_every_page_is_driven_by_the_keyboard_alone(console: Console, stack: Loc
             break
         time.sleep(0.05)
     assert not left, left
+
+
+def test_the_console_works_in_firefox_too(stack: LocalStack, tmp_path: Path, log_dir: Path) -> None:
+    with firefox(tmp_path / "firefox-profile", log_dir) as fox:
+        fox.goto(f"{stack.base}/console/")
+        fox.wait("document.activeElement?.id === 'key'")
+        fox.evaluate(
+            f"(() => {{ document.getElementById('key').value = {json.dumps(stack.key)};"
+            " document.getElementById('sign-in-form').requestSubmit(); return true; })()"
+        )
+        fox.wait("!document.getElementById('chat').hidden")
+        # Chat: fetch + ReadableStream, as in Chromium.
+        fox.evaluate(
+            "(() => { document.getElementById('model').value = 'mock';"
+            " document.getElementById('prompt').value = 'Count to three';"
+            " document.getElementById('send').click(); return true; })()"
+        )
+        assert fox.wait("document.getElementById('status').textContent === 'done'", 30)
+        assert int(fox.evaluate("document.getElementById('tokens').textContent")) > 0
+        assert fox.evaluate("document.getElementById('answer').textContent.length") > 0
+        # Jobs: an EventSource on a stream-token cookie, to the end.
+        fox.evaluate("(() => { location.hash = '#jobs'; return true; })()")
+        fox.wait("document.querySelector('#job-kind option[value=simulate]') !== null")
+        fox.evaluate(
+            "(() => { const kind = document.getElementById('job-kind'); kind.value = 'simulate';"
+            " kind.dispatchEvent(new Event('change')); return true; })()"
+        )
+        fox.wait("document.querySelector('#job-params input[name=steps]') !== null")
+        fox.evaluate(
+            "(() => { document.querySelector('#job-params input[name=steps]').value = '5';"
+            " document.querySelector('#job-params input[name=delay]').value = '0.05';"
+            " document.getElementById('job-start').click(); return true; })()"
+        )
+        card = "document.querySelector('#job-list li')"
+        assert fox.wait(f"{card}?.dataset.state === 'succeeded' && {card}.dataset.events", 30)
+        # Streams: the summaries, polled.
+        fox.evaluate("(() => { location.hash = '#streams'; return true; })()")
+        row = "#stream-rows tr[data-service='chat-proxy'][data-route='/v1/chat/completions']"
+        assert fox.wait(f"document.querySelector({json.dumps(row)}) !== null")
