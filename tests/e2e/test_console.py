@@ -595,10 +595,16 @@ def test_every_page_is_driven_by_the_keyboard_alone(console: Console, stack: Loc
     console.page.keyboard.press("Control+A")
     console.page.keyboard.type("0.2")
     tab_to(console, "#job-start")
+    ids = "l => l.map(e => e.dataset.jobId)"
+    before = set(console.page.eval_on_selector_all("#job-list li", ids))  # earlier tests' too
     console.page.keyboard.press("Enter")
-    card = card_of(console)
-    job_id = card.get_attribute("data-job-id")
-    assert job_id
+    deadline = time.monotonic() + 10
+    new: list[str] = []
+    while not new and time.monotonic() < deadline:
+        new = [i for i in console.page.eval_on_selector_all("#job-list li", ids) if i not in before]
+        time.sleep(0.05)
+    assert new, "the started job never showed"
+    job_id = new[0]
     tab_to(console, f"#job-list li[data-job-id='{job_id}'] button")
     console.page.keyboard.press("Space")
     wait_job(console, job_id, ("cancelled",), timeout=15)
