@@ -859,21 +859,33 @@ function stopLogs() {
 const POLL_MS = 2000;
 const WINDOW_MS = 60000;
 const streams = {
-  timer: null,
+  timer: null, // null when not polling
+  round: 0, // bumped by each open and close: a poll of an older round is dropped
   services: null, // the names nginx routes, once asked
   history: new Map(), // service -> [summary, ...] of the last WINDOW_MS, oldest first
   failures: new Map(), // service -> what its last poll said, when it failed
 };
 
+// One poll at a time: the next is due POLL_MS after the last one ended (a slow service never
+// piles polls up behind it).
 async function openStreams() {
   if (streams.timer !== null) return;
-  streams.timer = setInterval(pollStreams, POLL_MS);
-  await pollStreams();
+  const round = streams.round + 1;
+  streams.round = round;
+  streams.timer = true;
+  while (streams.round === round && state.key !== null) {
+    await pollStreams(round);
+    if (streams.round !== round) return;
+    await new Promise((resolve) => {
+      streams.timer = setTimeout(resolve, POLL_MS);
+    });
+  }
 }
 
 function closeStreams() {
-  if (streams.timer !== null) clearInterval(streams.timer);
+  if (typeof streams.timer === "number") clearTimeout(streams.timer);
   streams.timer = null;
+  streams.round += 1; // a poll under way shows nothing
   streams.services = null;
   streams.history.clear();
   streams.failures.clear();
@@ -883,37 +895,44 @@ function closeStreams() {
   $("streams-updated").textContent = "never";
 }
 
-async function pollStreams() {
-  if (state.key === null) return;
+async function pollStreams(round) {
+  let services = streams.services;
   try {
-    if (streams.services === null) {
+    if (services === null) {
       const response = await api("/_sluice/services");
       if (!response.ok) throw await failureOf(response);
-      streams.services = (await response.json()).services;
+      services = (await response.json()).services;
     }
-    $("streams-error").textContent = "";
   } catch (error) {
-    $("streams-error").textContent = `Services: ${error.message}`;
+    if (streams.round === round) $("streams-error").textContent = `Services: ${error.message}`;
     return;
   }
   const now = Date.now();
-  await Promise.all(
-    streams.services.map(async (service) => {
+  const answers = await Promise.all(
+    services.map(async (service) => {
       try {
         const response = await api(`/_sluice/streams/${encodeURIComponent(service)}`);
         if (!response.ok) throw await failureOf(response);
-        const summary = await response.json();
-        summary.polled = now;
-        const kept = (streams.history.get(service) || []).filter((s) => now - s.polled <= WINDOW_MS);
-        kept.push(summary);
-        streams.history.set(service, kept);
-        streams.failures.delete(service);
+        return { service, summary: await response.json() };
       } catch (error) {
-        streams.failures.set(service, error.message);
+        return { service, failure: error.message };
       }
     }),
   );
-  if (streams.timer === null) return; // left the page meanwhile
+  if (streams.round !== round) return; // left the page, or signed out, meanwhile
+  streams.services = services;
+  $("streams-error").textContent = "";
+  for (const { service, summary, failure } of answers) {
+    if (failure !== undefined) {
+      streams.failures.set(service, failure);
+      continue;
+    }
+    summary.polled = now;
+    const kept = (streams.history.get(service) || []).filter((s) => now - s.polled <= WINDOW_MS);
+    kept.push(summary);
+    streams.history.set(service, kept);
+    streams.failures.delete(service);
+  }
   showStreams(now);
 }
 
