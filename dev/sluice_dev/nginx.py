@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sluice.registry import Registry, Service
 
+_PLAIN_NAME = re.compile(r"[a-z0-9-]+")
 _PLACEHOLDER = re.compile(r"\$\{(SLUICE_[A-Z0-9_]+)\}")
 _REGION = re.compile(
     r"(?P<indent>[ ]*)# BEGIN services: (?P<name>[a-z]+)[^\n]*\n"
@@ -83,6 +84,10 @@ def _locations(registry: Registry) -> list[str]:
         ]
     keyed = [s for s in registry.public() if s.api_keys]
     if keyed:
+        # Names are [a-z0-9-] (the registry's rule): nothing to escape in nginx or JSON.
+        for service in keyed:
+            if not _PLAIN_NAME.fullmatch(service.name):
+                raise TemplateError(f"service name {service.name!r} is not [a-z0-9-]+")
         names = ",".join(json.dumps(s.name) for s in keyed)
         lines += [
             "# The console's Streams page: which services there are, and each one's stream",
@@ -98,6 +103,7 @@ def _locations(registry: Registry) -> list[str]:
             lines += [
                 f"location = /_sluice/streams/{service.name} {{",
                 f"    proxy_pass http://{upstream_name(service)}/_sluice/streams;",
+                "    proxy_read_timeout 5s;  # a summary, not a stream: a hung service says so",
                 "}",
             ]
     for service in registry.public():

@@ -15,6 +15,7 @@ const state = {
   kinds: null, // the job kinds and their params schemas, once asked
   jobs: new Map(), // job id -> what the page shows of it and its EventSource
   tokens: new Map(), // stream-token path -> when its cookie should be renewed (ms)
+  signingOut: Promise.resolve(), // the last Sign out's cookie removals
 };
 const $ = (id) => document.getElementById(id);
 
@@ -125,13 +126,16 @@ function signOut() {
   closeStreams();
   state.key = null;
   // The browser drops its stream-token cookies too (this page cannot: they are HttpOnly).
-  for (const path of paths) {
-    api(
-      "/auth/stream-token",
-      { method: "DELETE", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ path }) },
-      key,
-    ).catch(() => {});
-  }
+  // A new sign-in's first cookie waits for these, so none of them removes it.
+  state.signingOut = Promise.allSettled(
+    [...paths].map((path) =>
+      api(
+        "/auth/stream-token",
+        { method: "DELETE", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ path }) },
+        key,
+      ),
+    ),
+  );
   $("models").replaceChildren();
   $("model").value = "";
   $("answer").textContent = "";
@@ -370,6 +374,7 @@ function stop() {
 // A short-lived cookie scoped to ``path`` (HttpOnly: this page never sees it), asked with
 // the key; asked again past half its life. Each reconnect of a stream renews it too.
 async function streamToken(path) {
+  await state.signingOut;
   const renewAt = state.tokens.get(path);
   if (renewAt !== undefined && performance.now() < renewAt) return;
   const response = await api("/auth/stream-token", {
@@ -857,12 +862,15 @@ function stopLogs() {
 // WINDOW_MS apart, how streams started, ended and were refused, and their latencies.
 
 const POLL_MS = 2000;
+const POLL_TIMEOUT_MS = 5000;
 const WINDOW_MS = 60000;
 const streams = {
   timer: null, // null when not polling
   round: 0, // bumped by each open and close: a poll of an older round is dropped
+  closer: new AbortController(), // aborts the polls under way when the page closes
   services: null, // the names nginx routes, once asked
-  history: new Map(), // service -> [summary, ...] of the last WINDOW_MS, oldest first
+  history: new Map(), // service and instance -> [summary, ...] of the last WINDOW_MS, oldest first
+  latest: new Map(), // service -> the history key of its last answer
   failures: new Map(), // service -> what its last poll said, when it failed
 };
 
@@ -886,8 +894,11 @@ function closeStreams() {
   if (typeof streams.timer === "number") clearTimeout(streams.timer);
   streams.timer = null;
   streams.round += 1; // a poll under way shows nothing
+  streams.closer.abort();
+  streams.closer = new AbortController();
   streams.services = null;
   streams.history.clear();
+  streams.latest.clear();
   streams.failures.clear();
   $("stream-rows").replaceChildren();
   $("stream-latencies").replaceChildren();
@@ -908,14 +919,19 @@ async function pollStreams(round) {
     return;
   }
   const now = Date.now();
+  const closer = streams.closer;
   const answers = await Promise.all(
     services.map(async (service) => {
       try {
-        const response = await api(`/_sluice/streams/${encodeURIComponent(service)}`);
+        // A service that hangs is said to be unreachable after POLL_TIMEOUT_MS; the others
+        // still show.
+        const signal = AbortSignal.any([closer.signal, AbortSignal.timeout(POLL_TIMEOUT_MS)]);
+        const response = await api(`/_sluice/streams/${encodeURIComponent(service)}`, { signal });
         if (!response.ok) throw await failureOf(response);
         return { service, summary: await response.json() };
       } catch (error) {
-        return { service, failure: error.message };
+        const timedOut = error && error.name === "TimeoutError";
+        return { service, failure: timedOut ? `no answer in ${POLL_TIMEOUT_MS / 1000} s` : error.message };
       }
     }),
   );
@@ -927,10 +943,14 @@ async function pollStreams(round) {
       streams.failures.set(service, failure);
       continue;
     }
+    // Only one replica's summaries compare with each other: the history is per instance,
+    // and the page shows the one that answered last.
     summary.polled = now;
-    const kept = (streams.history.get(service) || []).filter((s) => now - s.polled <= WINDOW_MS);
+    const key = `${service}\n${summary.instance}`;
+    const kept = (streams.history.get(key) || []).filter((s) => now - s.polled <= WINDOW_MS);
     kept.push(summary);
-    streams.history.set(service, kept);
+    streams.history.set(key, kept);
+    streams.latest.set(service, key);
     streams.failures.delete(service);
   }
   showStreams(now);
@@ -954,7 +974,8 @@ function grownBy(now, then) {
 
 // The buckets observed between two cumulative histograms (as Prometheus's increase()).
 function bucketsGrown(now, then) {
-  if (!then || now.count < then.count || then.le.join() !== now.le.join()) return now;
+  if (!then || then.le.join() !== now.le.join()) return now;
+  if (now.counts.some((count, i) => count < then.counts[i])) return now; // restarted
   return { le: now.le, counts: now.counts.map((c, i) => c - then.counts[i]), count: now.count - then.count };
 }
 
@@ -996,7 +1017,7 @@ function showStreams(now) {
   const latencies = [];
   let open = 0;
   for (const service of streams.services) {
-    const history = streams.history.get(service) || [];
+    const history = streams.history.get(streams.latest.get(service)) || [];
     const failure = streams.failures.get(service);
     if (failure !== undefined) {
       const tr = document.createElement("tr");

@@ -163,8 +163,9 @@ def create_app(
 
     @app.get("/_sluice/streams", include_in_schema=False)
     @runtime.rates.limit()
-    async def streams_summary(request: Request) -> Response:
-        """Streams open now and how they ended (sluice.summary): a key's, never public."""
+    def streams_summary(request: Request) -> Response:
+        """Streams open now and how they ended (sluice.summary): a key's, never public. A
+        plain def: reading every worker's metric files runs off the event loop."""
         body = summary(settings.service_name, runtime.latencies)
         return JSONResponse(body, headers={"cache-control": "no-store"})
 

@@ -109,7 +109,7 @@ class Service:
     def validate(self) -> None:
         where = f"service {self.name!r}"
         for name in (self.name, *(c.name for c in self.companions)):
-            if not _NAME.match(name) or keyword.iskeyword(name.replace("-", "_")):
+            if not _NAME.fullmatch(name) or keyword.iskeyword(name.replace("-", "_")):
                 raise RegistryError(
                     f"{where}: {name!r} must be lower-case words joined by '-' (a package name)"
                 )

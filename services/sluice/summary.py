@@ -14,6 +14,7 @@ replica answers for itself only; across replicas, Prometheus is the source.
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class RouteSummary:
     refused: dict[str, float] = field(default_factory=dict)
     ttfb: Buckets = field(default_factory=Buckets)
 
+    def streams(self) -> bool:
+        """A streaming route: it started one, or a stream cap refused one (a rate limit on a
+        JSON route alone is not a stream route's)."""
+        capped = any(limit.startswith("streams_") for limit in self.refused)
+        return bool(self.started or self.active or self.ended or capped)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "route": self.route,
@@ -69,6 +76,9 @@ class RouteSummary:
         }
 
 
+# Which replica answered (its host name: a pod's, a container's): behind a load balancer,
+# successive summaries may come from different ones, and only one's may be compared.
+INSTANCE = socket.gethostname()
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 TTFB = "sluice_time_to_first_byte_seconds"
 
@@ -133,7 +143,8 @@ def summary(
         "service": service,
         "source": "service",
         "at": time.time(),
-        "routes": [routes[name].as_json() for name in sorted(routes)],
+        "instance": INSTANCE,
+        "routes": [routes[name].as_json() for name in sorted(routes) if routes[name].streams()],
         "auth_failures": dict(sorted(auth_failures.items())),
         "latencies": {name: buckets.as_json() for name, buckets in sorted(extra.items())},
     }

@@ -520,12 +520,12 @@ def test_the_streams_page_shows_a_stream_a_test_opens_and_how_it_ended(
         assert stream.status_code == 200
         chunks = stream.iter_bytes()  # (held: a dropped iterator closes the stream)
         assert next(chunks)  # open: an event came
-        console.page.wait_for_selector(f"{row}[data-active='1']", timeout=10_000)
+        console.page.wait_for_selector(f"{row}[data-active='1']", timeout=30_000)
         assert int(console.text("#streams-open")) >= 1
         console.shot("streams")
     # Left: the page says the stream ended, and how.
-    console.page.wait_for_selector(f"{row}[data-active='0']", timeout=10_000)
-    console.page.wait_for_selector(f"{row} td.ended:has-text('client_disconnect')", timeout=10_000)
+    console.page.wait_for_selector(f"{row}[data-active='0']", timeout=30_000)
+    console.page.wait_for_selector(f"{row} td.ended:has-text('client_disconnect')", timeout=30_000)
     first_byte = console.page.inner_text(f"{row} td:nth-child(6)")
     assert first_byte.endswith("ms") and "\u2013" not in first_byte, first_byte
     # chat-proxy's time to first token, once an answer was streamed.
@@ -553,6 +553,10 @@ def test_the_streams_page_says_which_service_it_cannot_reach(
             body=json.dumps({"error": {"code": "upstream_unavailable", "message": "down"}}),
         ),
     )
+    hung: list[Route] = []
+    console.page.route(
+        "**/_sluice/streams/progress", lambda route: hung.append(route)
+    )  # never answered
     counted = httpx.get(
         f"{stack.base}/dummy-counter",
         headers={"Authorization": f"Bearer {stack.key}"},
@@ -561,8 +565,11 @@ def test_the_streams_page_says_which_service_it_cannot_reach(
     assert counted.status_code == 200
     console.page.click("#nav a[data-page='streams']")
     down = "#stream-rows tr.down[data-service='log-tail']"
-    console.page.wait_for_selector(down, timeout=10_000)
+    console.page.wait_for_selector(down, timeout=20_000)
     assert "502 upstream_unavailable: down" in console.page.inner_text(down)
+    hanging = "#stream-rows tr.down[data-service='progress']"
+    assert "no answer in 5 s" in console.page.inner_text(hanging)
+    assert hung  # it was asked, and hung
     # The others still show.
     demo = "#stream-rows tr:not(.down)[data-service='demo'][data-route='/dummy-counter']"
     console.page.wait_for_selector(demo, timeout=10_000)

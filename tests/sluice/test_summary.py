@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,6 +48,8 @@ def _registry() -> CollectorRegistry:
     ended.labels("a", "/x", "completed").inc(2)
     ended.labels("a", "/x", "client_disconnect").inc(1)
     limited.labels("a", "/x", "streams_per_key").inc(4)
+    limited.labels("a", "/json", "rate").inc(9)  # a JSON route's 429s: no stream route
+    limited.labels("a", "/capped", "streams_global").inc()  # refused all it was asked
     auth.labels("a", "invalid").inc(3)
     for seconds in (0.005, 0.05, 0.5, 5):
         ttfb.labels("a", "/x").observe(seconds)
@@ -61,7 +66,13 @@ def test_a_summary_holds_only_its_service_and_sums_histograms_over_other_labels(
     got = summary("a", {"ttft": "svc_ttft_seconds"}, _registry())
     assert got["service"] == "a"
     assert got["source"] == "service"
-    (route,) = got["routes"]
+    assert got["instance"] == socket.gethostname()
+    capped, route = got["routes"]
+    assert (capped["route"], capped["started"], capped["refused"]) == (
+        "/capped",
+        0,
+        {"streams_global": 1},
+    )
     assert route["route"] == "/x"
     assert route["active"] == 2
     assert route["started"] == 5
@@ -89,18 +100,26 @@ async def test_the_route_shows_a_stream_while_it_is_open_and_how_it_ended() -> N
     probe = Probe()
     app = make_app(probe, public=False, api_keys=KEYS, service_name="summary-route")
     async with asgi.lifespan(app):
+
+        async def ticks_when(ready: Callable[[dict[str, Any]], bool]) -> asgi.Result:
+            for _ in range(200):  # up to ~10 s
+                answer = await asgi.request(app, "/_sluice/streams", headers=bearer(KEY_A))
+                routes = json.loads(answer.body)["routes"]
+                if routes and ready(routes[0]):
+                    break
+                await asyncio.sleep(0.05)
+            return answer
+
         held = asyncio.create_task(
-            asgi.request(app, "/ticks?count=100000&delay=0.05", headers=bearer(KEY_A))
+            asgi.request(app, "/ticks?count=100000&delay=0.05", headers=bearer(KEY_A), timeout=60)
         )
-        await asyncio.sleep(0.2)
-        during = await asgi.request(app, "/_sluice/streams", headers=bearer(KEY_A))
+        during = await ticks_when(lambda ticks: ticks["active"] == 1)
         one = await asgi.request(app, "/ticks?count=2", headers=bearer(KEY_A))
         assert one.status == 200
         held.cancel()
         with pytest.raises(asyncio.CancelledError):
             await held
-        await asyncio.sleep(0.05)
-        after = await asgi.request(app, "/_sluice/streams", headers=bearer(KEY_A))
+        after = await ticks_when(lambda ticks: sum(ticks["ended"].values()) == 2)
     assert during.status == 200
     assert during.headers["cache-control"] == "no-store"
     (ticks,) = json.loads(during.body)["routes"]

@@ -9,9 +9,13 @@ sends every request but 127.0.0.1's to a dead proxy, so the browser's own backgr
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +24,7 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.procs import Proc, free_port, start
+from tests.support.procs import Proc, free_port
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox") or "/usr/bin/firefox-esr"
 
@@ -118,9 +122,18 @@ def firefox(profile: Path, log_dir: Path) -> Iterator[Firefox]:
     )
     port = free_port()
     argv = [FIREFOX, "--headless", "--no-remote", "--profile", str(profile)]
-    proc: Proc = start(f"firefox-{port}", [*argv, "--remote-debugging-port", str(port)], log_dir)
+    log_path = log_dir / f"firefox-{port}.log"
+    with log_path.open("ab") as log:
+        # Its own process group (whose id is its pid): its content processes end with it.
+        popen = subprocess.Popen(
+            [*argv, "--remote-debugging-port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc = Proc(f"firefox-{port}", popen, log_path)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a fresh profile's first start, on a loaded machine
         while "WebDriver BiDi listening" not in proc.log():
             if proc.popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"firefox did not start:\n{proc.log()[-2000:]}")
@@ -129,3 +142,5 @@ def firefox(profile: Path, log_dir: Path) -> Iterator[Firefox]:
             yield Firefox(socket)
     finally:
         proc.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)  # whatever of the group outlived it
