@@ -343,16 +343,20 @@ def _bad_token_path(problem: str) -> ApiError:
 def stream_token_router(auth: Authenticator) -> APIRouter:
     router = APIRouter(route_class=JsonBodyRoute)
 
+    def keyed(request: Request, body: StreamTokenRequest, what: str) -> tuple[Principal, str]:
+        """The key asking, and the normalised path it asks about."""
+        principal: Principal | None = request.state.principal
+        if principal is None or principal.via != "key":
+            raise _unauthorized("missing", f"a stream token is {what} an API key (Bearer)")
+        if {".", ".."} & set(body.path.split("/")):
+            raise _bad_token_path("must not contain '.' or '..' segments")
+        return principal, normal_path(body.path)
+
     @router.post("/auth/stream-token", response_model=StreamTokenResponse, tags=["auth"])
     async def stream_token(
         request: Request, body: StreamTokenRequest, response: Response
     ) -> StreamTokenResponse:
-        principal: Principal | None = request.state.principal
-        if principal is None or principal.via != "key":
-            raise _unauthorized("missing", "a stream token is issued for an API key (Bearer)")
-        if {".", ".."} & set(body.path.split("/")):
-            raise _bad_token_path("must not contain '.' or '..' segments")
-        path = normal_path(body.path)
+        principal, path = keyed(request, body, "issued for")
         if path == "/":
             raise _bad_token_path("must name a streaming route's prefix, not / (every route)")
         token, cookie = auth.cookie_header(request, principal.key_id, path)
@@ -366,12 +370,7 @@ def stream_token_router(auth: Authenticator) -> APIRouter:
     async def forget_stream_token(request: Request, body: StreamTokenRequest) -> Response:
         """Signing out: the browser drops its cookie for ``path`` (a token copied elsewhere
         stays valid until it expires: keep the TTL short)."""
-        principal: Principal | None = request.state.principal
-        if principal is None or principal.via != "key":
-            raise _unauthorized("missing", "a stream token is forgotten with its API key (Bearer)")
-        if {".", ".."} & set(body.path.split("/")):
-            raise _bad_token_path("must not contain '.' or '..' segments")
-        path = normal_path(body.path)
+        _, path = keyed(request, body, "forgotten with")
         headers = {"set-cookie": auth.forgotten(request, path), "cache-control": "no-store"}
         return Response(status_code=204, headers=headers)
 
